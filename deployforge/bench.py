@@ -345,9 +345,7 @@ def _warmup(run: Callable[[], float], warmup_s: float) -> None:
         n += 1
 
 
-def _time_interleaved(
-    runs_fns: Sequence[Callable[[], float]], runs: int, min_time_s: float
-) -> list[list[float]]:
+def _time_interleaved(runs_fns: Sequence[Callable[[], float]], runs: int, min_time_s: float) -> list[list[float]]:
     """Time the models round-robin until each has ``runs`` samples and ``min_time_s`` elapsed (capped)."""
     samples: list[list[float]] = [[] for _ in runs_fns]
     cap = max(runs, MAX_RUNS_FACTOR * runs)

@@ -39,9 +39,7 @@ class FuseReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def find_foldable_pairs(
-    model: nn.Module, example: torch.Tensor
-) -> tuple[list[tuple[str, str]], dict[str, str]]:
+def find_foldable_pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """Find ``(producer, batchnorm)`` module pairs that can be folded.
 
     Args:

@@ -55,12 +55,8 @@ def read_manifest(directory: Path) -> dict:
     """
     path = directory / MANIFEST
     if not path.is_file():
-        raise DeployforgeError(
-            f"no {MANIFEST} in {directory}; run `deployforge export MODEL --out DIR` first"
-        )
+        raise DeployforgeError(f"no {MANIFEST} in {directory}; run `deployforge export MODEL --out DIR` first")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise DeployforgeError(
-            f"{path} is not valid JSON ({error.msg}); re-run `deployforge export`"
-        ) from None
+        raise DeployforgeError(f"{path} is not valid JSON ({error.msg}); re-run `deployforge export`") from None

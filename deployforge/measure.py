@@ -37,9 +37,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
 def onnx_params(model: onnx.ModelProto) -> int:
     """Number of floating-point weights stored in the graph (initializers and Constant nodes)."""
     total = sum(
-        math.prod(init.dims)
-        for init in model.graph.initializer
-        if numpy_helper.to_array(init).dtype.kind == "f"
+        math.prod(init.dims) for init in model.graph.initializer if numpy_helper.to_array(init).dtype.kind == "f"
     )
     for node in model.graph.node:
         if node.op_type == "Constant":

@@ -129,7 +129,7 @@ def eager_stages(
         StageRecord(
             "fuse",
             compare(_logits(fused, inputs), reference, TOLERANCES["eager"]),
-            {"bns_folded": len(fuse_report.folded), "bns_left": len(fuse_report.skipped)},
+            {"bns_folded": len(fuse_report.folded), "bns_left_for_merge": len(fuse_report.skipped)},
         )
     ]
     progress("reparameterize branches")
@@ -201,9 +201,7 @@ def _onnx_artifacts(
     model = onnx_export.export_onnx(stage_models["traced"], probe, opset)
     if batch is not None:
         model = _fix_batch(model, batch)
-    rows = [
-        onnx_record("onnx", model.SerializeToString(), inputs[: batch or None], reference[: batch or None])
-    ]
+    rows = [onnx_record("onnx", model.SerializeToString(), inputs[: batch or None], reference[: batch or None])]
     simplified, note = onnx_export.simplify(model)
     if simplified is not None:
         candidate = onnx_record(

@@ -54,9 +54,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = state[key]
             break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DeployforgeError(
-            f"weights file {path} does not hold a state dict of tensors; save model.state_dict()"
-        )
+        raise DeployforgeError(f"weights file {path} does not hold a state dict of tensors; save model.state_dict()")
     return dict(state)
 
 

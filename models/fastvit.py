@@ -146,15 +146,11 @@ class FastViT(nn.Module):
         stages, in_chs = [], width
         for i, (depth, dim) in enumerate(zip(config.layers, config.dims, strict=True)):
             attention = config.attention_last and i == len(config.layers) - 1
-            stages.append(
-                FastViTStage(in_chs, dim, depth, attention, config.mlp_ratio, config.layer_scale_init)
-            )
+            stages.append(FastViTStage(in_chs, dim, depth, attention, config.mlp_ratio, config.layer_scale_init))
             in_chs = dim
         self.stages = nn.Sequential(*stages)
         head_chs = 2 * in_chs
-        self.final_conv = MobileOneBlock(
-            in_chs, head_chs, 3, groups=in_chs, se=SqueezeExcite(head_chs, head_chs // 16)
-        )
+        self.final_conv = MobileOneBlock(in_chs, head_chs, 3, groups=in_chs, se=SqueezeExcite(head_chs, head_chs // 16))
         self.head = ClassifierHead(head_chs, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,12 +163,8 @@ VARIANTS: dict[str, FastViTConfig] = {
     "fastvit_s12": FastViTConfig((2, 2, 6, 2), (64, 128, 256, 512), 4),
     "fastvit_sa12": FastViTConfig((2, 2, 6, 2), (64, 128, 256, 512), 4, attention_last=True),
     "fastvit_sa24": FastViTConfig((4, 4, 12, 4), (64, 128, 256, 512), 4, attention_last=True),
-    "fastvit_sa36": FastViTConfig(
-        (6, 6, 18, 6), (64, 128, 256, 512), 4, attention_last=True, layer_scale_init=1e-6
-    ),
-    "fastvit_ma36": FastViTConfig(
-        (6, 6, 18, 6), (76, 152, 304, 608), 4, attention_last=True, layer_scale_init=1e-6
-    ),
+    "fastvit_sa36": FastViTConfig((6, 6, 18, 6), (64, 128, 256, 512), 4, attention_last=True, layer_scale_init=1e-6),
+    "fastvit_ma36": FastViTConfig((6, 6, 18, 6), (76, 152, 304, 608), 4, attention_last=True, layer_scale_init=1e-6),
 }
 
 # (measured params M, measured GMACs, published params M, published GMACs) at 256 px — DESIGN section 3

@@ -29,9 +29,7 @@ def bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     return t, beta - t * bn.running_mean
 
 
-def fold_bn(
-    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module
-) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold a BatchNorm that follows a conv/linear into its weight and bias.
 
     ``W' = t·W`` per output channel and ``b' = β + t·(b − μ)``.
@@ -62,9 +60,7 @@ def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
     return nn.functional.pad(kernel, [pad] * 4)
 
 
-def identity_kernel(
-    channels: int, groups: int, size: int, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
+def identity_kernel(channels: int, groups: int, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Kernel of a ``size×size`` conv (``channels`` in and out, ``groups`` groups) that copies its input.
 
     Channel ``i`` gets a 1 at the centre of its own input channel inside its group.
@@ -96,9 +92,7 @@ def conv_like(template: nn.Conv2d | None, weight: torch.Tensor, bias: torch.Tens
         )
     geometry.update(conv_args)
     groups = geometry.get("groups", 1)
-    conv = nn.Conv2d(
-        weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), bias=True, **geometry
-    )
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), bias=True, **geometry)
     conv.weight = nn.Parameter(weight.detach().clone())
     conv.bias = nn.Parameter(bias.detach().clone())
     return conv

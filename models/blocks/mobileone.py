@@ -47,15 +47,11 @@ class MobileOneBlock(Reparameterizable):
         self.reparam_conv: nn.Conv2d | None = None
         self.identity = nn.BatchNorm2d(in_chs) if in_chs == out_chs and stride == 1 else None
         self.conv_kxk = (
-            nn.ModuleList(
-                ConvNorm(in_chs, out_chs, kernel_size, stride, groups) for _ in range(num_conv_branches)
-            )
+            nn.ModuleList(ConvNorm(in_chs, out_chs, kernel_size, stride, groups) for _ in range(num_conv_branches))
             if num_conv_branches > 0
             else None
         )
-        self.conv_scale = (
-            ConvNorm(in_chs, out_chs, 1, stride, groups) if kernel_size > 1 and use_scale_branch else None
-        )
+        self.conv_scale = ConvNorm(in_chs, out_chs, 1, stride, groups) if kernel_size > 1 and use_scale_branch else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam_conv is not None:

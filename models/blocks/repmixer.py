@@ -31,9 +31,7 @@ class RepMixer(Reparameterizable):
             dim, dim, kernel_size, groups=dim, num_conv_branches=0, use_scale_branch=False, act_layer=None
         )
         self.mixer = MobileOneBlock(dim, dim, kernel_size, groups=dim, act_layer=None)
-        self.layer_scale = (
-            LayerScale2d(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
-        )
+        self.layer_scale = LayerScale2d(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam_conv is not None:
@@ -47,9 +45,7 @@ class RepMixer(Reparameterizable):
         count = self.mixer.reparameterize() + self.norm.reparameterize()
         mix_w, mix_b = self.mixer.kernel_bias()
         norm_w, norm_b = self.norm.kernel_bias()
-        gamma = (
-            self.layer_scale.gamma.detach().reshape(-1) if isinstance(self.layer_scale, LayerScale2d) else 1.0
-        )
+        gamma = self.layer_scale.gamma.detach().reshape(-1) if isinstance(self.layer_scale, LayerScale2d) else 1.0
         gamma_w = gamma.reshape(-1, 1, 1, 1) if isinstance(gamma, torch.Tensor) else gamma
         weight = identity_kernel(self.dim, self.dim, self.kernel_size) + gamma_w * (mix_w - norm_w)
         bias = gamma * (mix_b - norm_b)

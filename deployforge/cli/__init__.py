@@ -1,0 +1,1 @@
+"""Command-line interface: a thin typer shell over the Python API, one module per command."""

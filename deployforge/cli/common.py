@@ -1,0 +1,88 @@
+"""What every command shares: error reporting, progress display, lazy heavy imports."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from deployforge.errors import DeployforgeError
+
+# coremltools draws tqdm bars for every pass pipeline; tqdm reads this when it is first imported.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+DEFAULT_OUT = Path("deployforge-out")
+stderr = Console(stderr=True)
+stdout = Console()
+
+
+def quiet_converters() -> None:
+    """Silence progress bars and import chatter of the converters (they write to the terminal)."""
+    import logging
+    import warnings
+
+    for name in ("coremltools", "torch.onnx", "onnxscript", "torch._dynamo", "torch.export"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn ``DeployforgeError`` into a one-line ``error: ...`` on stderr and its exit code; Ctrl-C into 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except DeployforgeError as error:
+            stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("interrupted; no partial artifact was left behind", highlight=False)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@contextmanager
+def progress_status(enabled: bool = True) -> Iterator[Callable[[str], None]]:
+    """Yield a callback that shows the current stage on a rich spinner (stderr)."""
+    if not enabled or not stderr.is_terminal:
+        yield lambda message: None
+        return
+    with stderr.status("starting") as status:
+        yield lambda message: status.update(message)
+
+
+def print_json(payload: Any) -> None:
+    """Write ``payload`` as JSON on stdout and nothing else."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def parse_threads(text: str) -> list[int]:
+    """Parse ``--threads`` (``4`` or ``1,2``) into positive integers.
+
+    Raises:
+        DeployforgeError: empty, non-numeric or non-positive entries.
+    """
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.lstrip("-").isdigit():
+            raise DeployforgeError(f"--threads expects positive integers like 4 or 1,2; got '{text}'")
+        if int(part) <= 0:
+            raise DeployforgeError(f"--threads must be at least 1; got '{text}'")
+        values.append(int(part))
+    return values
+
+
+def fmt(value: float | None, spec: str = ".3g") -> str:
+    """Format a number for a table, ``-`` when absent."""
+    return "-" if value is None else format(value, spec)
