@@ -1,0 +1,6 @@
+"""deployforge: fuse, reparameterize, trace and export mobile vision transformers with proven parity.
+
+Importing the package is cheap; torch, onnxruntime and coremltools load only where they are used.
+"""
+
+__version__ = "0.1.0"
