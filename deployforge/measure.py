@@ -35,16 +35,23 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
 
 
 def onnx_params(model: onnx.ModelProto) -> int:
-    """Number of floating-point weights stored in the graph (initializers and Constant nodes)."""
-    total = sum(
-        math.prod(init.dims) for init in model.graph.initializer if numpy_helper.to_array(init).dtype.kind == "f"
-    )
+    """Number of floating-point weights the graph computes with.
+
+    Exporters share identical initializers (e.g. two all-zero biases) between nodes; counting each
+    initializer once per node that reads it keeps the figure independent of the weight values.
+    Scalars (eps, attention scale) are not parameters and are skipped.
+    """
+    sizes = {
+        init.name: math.prod(init.dims)
+        for init in model.graph.initializer
+        if numpy_helper.to_array(init).dtype.kind == "f" and math.prod(init.dims) > 1
+    }
     for node in model.graph.node:
-        if node.op_type == "Constant":
-            value = numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].HasField("t") else None
-            if value is not None and value.dtype.kind == "f" and value.size > 1:
-                total += value.size
-    return int(total)
+        if node.op_type == "Constant" and node.attribute[0].HasField("t"):
+            value = numpy_helper.to_array(node.attribute[0].t)
+            if value.dtype.kind == "f" and value.size > 1:
+                sizes[node.output[0]] = value.size
+    return int(sum(sizes[name] for node in model.graph.node for name in node.input if name in sizes))
 
 
 def onnx_macs(model: onnx.ModelProto) -> int:

@@ -27,6 +27,7 @@ from .measure import onnx_macs, onnx_params, torch_macs, torch_params
 from .parity import TOLERANCES, Parity, compare
 from .registry import ModelSpec
 from .reparam import reparameterize
+from .stress import stress_weights
 from .trace import trace
 from .weights import load_weights, sha256_file
 
@@ -95,11 +96,18 @@ def _noop(_: str) -> None:
 
 
 def build_original(spec: ModelSpec, weights: Path | None, seed: int = DEFAULT_SEED) -> nn.Module:
-    """Build the train-time model: seeded random weights, or the checkpoint at ``weights`` (strict)."""
+    """Build the train-time model from the checkpoint at ``weights`` (strict), or from seeded random weights.
+
+    Random weights get BatchNorm statistics and layer scales drawn far from their init values
+    (:func:`deployforge.stress.stress_weights`): with identity-like init every fold is trivially exact
+    and the parity waterfall would prove nothing.
+    """
     torch.manual_seed(seed)
     model = spec.build()
     if weights is not None:
         load_weights(model, spec, Path(weights))
+    else:
+        stress_weights(model, seed)
     return model.eval()
 
 
@@ -308,10 +316,10 @@ def export(
         raise DeployforgeError(f"--batch must be a positive integer or 'dynamic', got {batch}")
     input_size = input_size or spec.input_size
     out = Path(out)
-    _check_writable(out)
     started = time.time()
     progress("build the multi-branch original")
-    original = build_original(spec, weights)
+    original = build_original(spec, weights)  # bad weights fail before anything is created on disk
+    _check_writable(out)
     inputs = parity_inputs(input_size)
     reference = _logits(original, inputs)
     stage_models, rows = eager_stages(original, inputs, reference, progress)
@@ -379,7 +387,7 @@ def _card(
         "weights": (
             {"source": str(Path(weights).resolve()), "sha256": sha256_file(Path(weights))}
             if weights is not None
-            else {"source": f"random (seed {DEFAULT_SEED})", "sha256": None}
+            else {"source": f"random, stressed BN statistics and layer scales (seed {DEFAULT_SEED})", "sha256": None}
         ),
         "seed": DEFAULT_SEED,
         "precision": precision,
