@@ -85,8 +85,10 @@ def torch_macs(model: nn.Module, example: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
+    was_training = model.training
     with counter, torch.no_grad():
         model.eval()(example)
+    model.train(was_training)
     return int(counter.get_total_flops() // 2 // example.shape[0])
 
 

@@ -48,11 +48,15 @@ def trace(model: nn.Module, example: torch.Tensor) -> Traced:
     if example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).contiguous()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    was_training = model.training
+    model.eval()
     try:
-        program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         return Traced("torch.export", program)
     except Exception as error:  # noqa: BLE001 - any export failure selects the documented fallback
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         with torch.no_grad():
-            scripted = torch.jit.trace(model.eval(), example, check_trace=False)
+            scripted = torch.jit.trace(model, example, check_trace=False)
         return Traced("torch.jit.trace", scripted, fallback_reason=reason)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,77 @@
+"""Shared fixtures: stressed originals per registered model, reproducible inputs, the rel-L2 metric."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deployforge.registry import get_spec
+from deployforge.stress import stress_weights
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on 2 cores: one intra-op thread per worker, no oversubscription.
+    torch.set_num_threads(1)
+
+SMALL = 64  # input side where the algebra does not care about the size
+BIG_PARAMS_M = 20.0  # variants above this many parameters are the long (slow-marked) cases
+
+
+def _rel_l2(candidate, original) -> float:
+    """``‖a − b‖₂ / ‖b‖₂`` in float64, for tensors or arrays."""
+    a = np.asarray(candidate.detach() if isinstance(candidate, torch.Tensor) else candidate, dtype=np.float64)
+    b = np.asarray(original.detach() if isinstance(original, torch.Tensor) else original, dtype=np.float64)
+    norm = np.linalg.norm(b)
+    assert norm > 0, "reference output is all zeros: the comparison would be meaningless"
+    return float(np.linalg.norm(a - b) / norm)
+
+
+def _inputs(batch: int = 4, size: int = SMALL, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _bn_count(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@pytest.fixture(scope="session")
+def rel_l2():
+    """The relative L2 error ``‖a − b‖₂ / ‖b‖₂`` (a: candidate, b: reference)."""
+    return _rel_l2
+
+
+@pytest.fixture(scope="session")
+def make_inputs():
+    """``make_inputs(batch=4, size=64, channels=3, seed=0)``: a reproducible N(0, 1) batch."""
+    return _inputs
+
+
+@pytest.fixture(scope="session")
+def bn_count():
+    """Number of BatchNorm modules in a model."""
+    return _bn_count
+
+
+class _StressedZoo:
+    """Builds each registered model once per session (seeded), stresses it, keeps it in eval mode.
+
+    Tests must not modify the returned model (stages deep-copy; a test that mutates deep-copies first).
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[str, nn.Module] = {}
+
+    def __call__(self, name: str) -> nn.Module:
+        if name not in self._models:
+            torch.manual_seed(0)
+            self._models[name] = stress_weights(get_spec(name).build(), seed=0).eval()
+        return self._models[name]
+
+
+@pytest.fixture(scope="session")
+def stressed_original():
+    """``stressed_original(name)``: the session's stressed multi-branch original of a registered model."""
+    return _StressedZoo()

@@ -1,0 +1,380 @@
+"""The ``deployforge`` command line: exit codes, one-line errors, no leftovers, JSON on stdout, lazy imports.
+
+One export of ``fastvit_t8`` at 64x64 (all targets) is shared by the verify, tamper and bench tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from deployforge.cli.app import app
+
+MODEL = "fastvit_t8"
+SIZE = "64"
+ARTIFACTS = (f"{MODEL}.onnx", f"{MODEL}.multibranch.onnx", f"{MODEL}.mlpackage")
+
+runner = CliRunner()
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def listing(directory: Path) -> list[str]:
+    """Every entry of ``directory``, hidden ones included."""
+    return sorted(os.listdir(directory))
+
+
+def assert_usage_error(result, *words: str) -> str:
+    """Exit 2, exactly one ``error: ...`` line on stderr naming the problem, nothing on stdout, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    message = re.sub(r"\x1b\[[0-9;]*m", "", result.stderr).strip()
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith("error: "), message
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """Output root holding ``fastvit_t8/`` exported once with ``--to all --input-size 64``."""
+    out = tmp_path_factory.mktemp("export")
+    result = invoke("export", MODEL, "--to", "all", "--input-size", SIZE, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out / MODEL}" in result.stdout
+    return out
+
+
+@pytest.fixture
+def empty_out(tmp_path) -> Path:
+    out = tmp_path / "out"
+    out.mkdir()
+    return out
+
+
+# --- list and help -----------------------------------------------------------------------------------
+
+
+def test_list_table_and_json():
+    table = invoke("list")
+    assert table.exit_code == 0, table.output
+    assert MODEL in table.stdout
+
+    result = invoke("list", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert MODEL in [r["name"] for r in rows]
+    assert all(isinstance(r["input_size"], int) and r["input_size"] > 0 for r in rows)
+
+    fastvit = json.loads(invoke("list", "--family", "fastvit", "--json").stdout)
+    assert {r["family"] for r in fastvit} == {"fastvit"}
+
+
+@pytest.mark.parametrize("command", [[], ["export"], ["verify"], ["bench"], ["list"]])
+def test_help(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.stdout
+
+
+# --- export and verify -------------------------------------------------------------------------------
+
+
+def test_export_writes_artifacts_and_manifest(exported):
+    from deployforge.manifest import artifact_digest
+
+    directory = exported / MODEL
+    assert sorted(listing(directory)) == sorted([*ARTIFACTS, "manifest.json"])
+    assert listing(exported) == [MODEL]  # no staging or probe leftovers beside it
+    card = json.loads((directory / "manifest.json").read_text())
+    assert card["model"] == MODEL
+    assert card["input"]["shape"][1:] == [3, 64, 64]
+    assert set(card["artifacts"]) == set(ARTIFACTS)
+    for name, digest in card["artifacts"].items():
+        assert len(digest) == 64
+        assert artifact_digest(directory / name) == digest
+
+
+def test_verify_ok(exported):
+    result = invoke("verify", exported)
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.stdout
+
+
+def test_verify_json_prints_only_json(exported):
+    result = invoke("verify", exported / MODEL, "--json")
+    assert result.exit_code == 0, result.output
+    reports = json.loads(result.stdout)  # stdout is JSON and nothing else
+    assert len(reports) == 1
+    assert reports[0]["ok"] is True
+    assert reports[0]["breaches"] == []
+    assert {s["stage"] for s in reports[0]["stages"]} >= {"fuse", "reparameterize", "trace", "onnx"}
+
+
+def _tamper_one_conv_weight(path: Path) -> str:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    initializers = {i.name: i for i in model.graph.initializer}
+    name = next(n.input[1] for n in model.graph.node if n.op_type == "Conv" and n.input[1] in initializers)
+    tensor = initializers[name]
+    values = numpy_helper.to_array(tensor).copy()
+    values.flat[0] += 1.0
+    tensor.CopyFrom(numpy_helper.from_array(values.astype(np.float32), name))
+    onnx.save(model, str(path))
+    return name
+
+
+def test_verify_detects_tampered_onnx(exported, tmp_path):
+    out = tmp_path / "tampered"
+    shutil.copytree(exported, out)
+    target = f"{MODEL}.onnx"
+    _tamper_one_conv_weight(out / MODEL / target)
+
+    result = invoke("verify", out / MODEL, "--json")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1] == f"error: verification failed for {MODEL}"
+    (report,) = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert any(b.startswith(f"{target}:") and "sha256" in b for b in report["breaches"])
+    assert not any(b.startswith(f"{MODEL}.multibranch.onnx") for b in report["breaches"])
+    # the recomputed numerics of the altered file fail too, not only its hash
+    (onnx_stage,) = [s for s in report["stages"] if s.get("file") == target]
+    assert onnx_stage["stage"] == "onnx"
+    assert onnx_stage["parity"]["ok"] is False
+    assert any(b.startswith("onnx: rel-L2") for b in report["breaches"])
+    (multi_stage,) = [s for s in report["stages"] if s.get("file") == f"{MODEL}.multibranch.onnx"]
+    assert multi_stage["parity"]["ok"] is True
+
+
+# --- bad inputs: exit 2, one line naming the problem, nothing left behind ----------------------------
+
+
+def test_unknown_model_suggests_close_names(empty_out):
+    message = assert_usage_error(invoke("export", "fastvit_t9", "--out", empty_out), "fastvit_t9", MODEL)
+    assert "did you mean" in message
+    assert listing(empty_out) == []
+
+
+def test_unknown_target(empty_out):
+    assert_usage_error(invoke("export", MODEL, "--to", "tflite", "--out", empty_out), "--to", "tflite", "onnx")
+    assert listing(empty_out) == []
+
+
+def test_user_text_is_not_rich_markup(empty_out):
+    assert_usage_error(invoke("export", MODEL, "--to", "[/bold]x", "--out", empty_out), "'[/bold]x'")
+    assert listing(empty_out) == []
+
+
+def test_unknown_precision(empty_out):
+    assert_usage_error(
+        invoke("export", MODEL, "--precision", "int8", "--out", empty_out), "--precision", "int8", "fp16", "fp32"
+    )
+    assert listing(empty_out) == []
+
+
+def test_missing_weights_file(empty_out, tmp_path):
+    missing = tmp_path / "nope.pth"
+    assert_usage_error(invoke("export", MODEL, "--weights", missing, "--out", empty_out), "not found", "nope.pth")
+    assert listing(empty_out) == []
+
+
+def test_corrupt_weights_file(empty_out, tmp_path):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert_usage_error(
+        invoke("export", MODEL, "--weights", corrupt, "--out", empty_out, "--input-size", SIZE),
+        "cannot read weights",
+        "corrupt.pth",
+    )
+    assert listing(empty_out) == []
+
+
+def test_wrong_architecture_weights(empty_out, tmp_path):
+    import torch
+
+    from deployforge.registry import get_spec
+
+    other = tmp_path / "t12.pth"
+    torch.save(get_spec("fastvit_t12").build().state_dict(), other)
+    assert_usage_error(
+        invoke("export", MODEL, "--weights", other, "--out", empty_out, "--input-size", SIZE),
+        f"does not fit {MODEL}",
+        "unexpected",
+        "mismatched",
+        "t12.pth",
+    )
+    assert listing(empty_out) == []
+
+
+def test_unwritable_output_dir(tmp_path):
+    if os.geteuid() != 0:
+        parent = tmp_path / "readonly"
+        parent.mkdir()
+        parent.chmod(0o500)
+        out = parent / "out"
+    else:  # root ignores permission bits; a path under a regular file fails for everyone
+        parent = tmp_path / "parent"
+        parent.mkdir()
+        (parent / "file.txt").write_text("not a directory")
+        out = parent / "file.txt" / "out"
+    before = listing(parent)
+    try:
+        assert_usage_error(
+            invoke("export", MODEL, "--out", out, "--input-size", SIZE, "--to", "onnx"), "not writable", "--out"
+        )
+        assert listing(parent) == before
+    finally:
+        parent.chmod(0o700)
+
+
+@pytest.mark.parametrize(("threads", "words"), [("0", ["--threads", "at least 1"]), ("abc", ["--threads", "abc"])])
+def test_bench_bad_threads(empty_out, threads, words):
+    assert_usage_error(invoke("bench", MODEL, "--threads", threads, "--out", empty_out), *words)
+    assert listing(empty_out) == []
+
+
+def test_verify_dir_without_artifacts(empty_out, tmp_path):
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    assert_usage_error(invoke("verify", nothing, "--out", empty_out), "no exported artifacts", "manifest.json")
+    assert listing(nothing) == []
+    assert listing(empty_out) == []
+
+
+# --- interrupted export ------------------------------------------------------------------------------
+
+
+def test_interrupted_export_leaves_nothing(empty_out, monkeypatch):
+    from deployforge import pipeline
+
+    calls = []
+
+    def save_then_interrupt(model, path):
+        calls.append(Path(path))
+        Path(path).write_bytes(model.SerializeToString()[:1000])  # half-written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.onnx_export, "save_onnx", save_then_interrupt)
+    result = invoke("export", MODEL, "--to", "onnx", "--input-size", SIZE, "--out", empty_out)
+    assert result.exit_code == 130, (result.output, result.exception)
+    assert [p.name for p in calls] == [f"{MODEL}.onnx"]
+    assert calls[0].parent.parent.parent == empty_out  # it was writing in a staging dir inside --out
+    assert "interrupted" in result.stderr
+    assert "Traceback" not in result.output
+    assert listing(empty_out) == []
+
+
+# --- weights round trip against timm -----------------------------------------------------------------
+
+
+def test_weights_round_trip_matches_timm(tmp_path):
+    import onnxruntime as ort
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from deployforge.stress import stress_weights
+
+    torch.manual_seed(0)
+    reference = stress_weights(timm.create_model(MODEL, pretrained=False), seed=3).eval()
+    weights = tmp_path / "stressed.safetensors"
+    save_file({k: v.detach().clone().contiguous() for k, v in reference.state_dict().items()}, str(weights))
+
+    out = tmp_path / "out"
+    result = invoke("export", MODEL, "--weights", weights, "--input-size", SIZE, "--to", "onnx", "--out", out)
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / MODEL / "manifest.json").read_text())
+    assert card["weights"]["source"] == str(weights.resolve())
+    assert card["weights"]["sha256"] is not None
+
+    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = reference(image).numpy()
+    session = ort.InferenceSession(str(out / MODEL / f"{MODEL}.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: image.numpy()})[0]
+    rel_l2 = np.linalg.norm((got - expected).astype(np.float64)) / np.linalg.norm(expected.astype(np.float64))
+    assert rel_l2 <= 1e-5, rel_l2
+
+
+# --- bench -------------------------------------------------------------------------------------------
+
+
+def test_bench_json(exported):
+    result = invoke(
+        "bench",
+        exported / MODEL,
+        "--threads",
+        "1,2",
+        "--runs",
+        "5",
+        "--warmup-s",
+        "0.05",
+        "--min-time-s",
+        "0.1",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["threads"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["model"] == MODEL
+        assert row["speedup"] > 0
+        low, high = row["speedup_ci95"]
+        assert 0 < low <= high
+        for side in ("multi_branch", "reparameterized"):
+            assert row[side]["p50_ms"] > 0
+
+
+# --- the installed console script, in a real process -------------------------------------------------
+
+
+def _console_script() -> str:
+    found = shutil.which("deployforge") or str(Path(sys.executable).parent / "deployforge")
+    assert Path(found).is_file(), found
+    return found
+
+
+def test_console_script_subprocess(tmp_path):
+    script = _console_script()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+    listed = subprocess.run([script, "list", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert MODEL in [r["name"] for r in json.loads(listed.stdout)]
+
+    out = tmp_path / "out"
+    out.mkdir()
+    bad = subprocess.run(
+        [script, "export", "nope", "--out", str(out)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown model 'nope'"), bad.stderr
+    assert listing(out) == []
+
+    lazy = subprocess.run(
+        [sys.executable, "-c", "import deployforge.cli.app, sys; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert lazy.returncode == 0, lazy.stderr
+    assert lazy.stdout.strip() == "False"

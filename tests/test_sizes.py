@@ -1,0 +1,90 @@
+"""Sizes: params and MACs of the reparameterized models against the registry; ONNX graph structure."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from deployforge.export.onnx import export_onnx
+from deployforge.fuse import fuse_batchnorm
+from deployforge.measure import onnx_macs, relative_gap, torch_macs, torch_params
+from deployforge.registry import get_spec, list_models
+from deployforge.reparam import reparameterize
+from deployforge.trace import trace
+
+NAMES = [s.name for s in list_models()]
+# ONNX export of the big variants is the long part of this file
+ONNX_MODELS = [pytest.param(s.name, marks=pytest.mark.slow) if s.params_m > 20 else s.name for s in list_models()]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reparameterized_params_match_registry(name, stressed_original):
+    spec = get_spec(name)
+    merged, _ = reparameterize(stressed_original(name))
+    params = torch_params(merged)
+    assert relative_gap(params, spec.params_m * 1e6) <= 0.01, f"{params / 1e6:.3f} M vs {spec.params_m} M"
+    # the train-time model is bigger: reparameterizing removed the extra branches
+    assert torch_params(stressed_original(name)) > params
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reparameterized_macs_match_registry(name, stressed_original):
+    spec = get_spec(name)
+    merged, _ = reparameterize(stressed_original(name))
+    example = torch.zeros(1, 3, spec.input_size, spec.input_size)
+    macs = torch_macs(merged, example)
+    assert relative_gap(macs, spec.gmacs * 1e9) <= 0.01, f"{macs / 1e9:.4f} G vs {spec.gmacs} G"
+
+
+# ------------------------------------------------------------------------------------------------ ONNX
+
+
+def _onnx_of(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    return export_onnx(trace(model, example), example)
+
+
+def _op_counts(model: onnx.ModelProto) -> Counter:
+    return Counter(node.op_type for node in model.graph.node)
+
+
+@pytest.fixture(scope="module", params=ONNX_MODELS)
+def deployed(request, stressed_original, make_inputs):
+    """``(name, deployed torch model, its ONNX)``: fuse → reparameterize → trace → export at 64 px."""
+    name = request.param
+    example = make_inputs(batch=2)
+    fused, _ = fuse_batchnorm(stressed_original(name), example)
+    merged, _ = reparameterize(fused)
+    return name, merged, _onnx_of(merged, example)
+
+
+def test_onnx_macs_equal_torch_macs(deployed, make_inputs):
+    _, merged, graph = deployed
+    from_torch = torch_macs(merged, make_inputs(batch=1))
+    from_onnx = onnx_macs(graph)
+    assert from_torch > 0
+    assert relative_gap(from_onnx, from_torch) <= 0.005, f"onnx {from_onnx} vs torch {from_torch}"
+
+
+def test_reparameterized_onnx_has_no_batchnorm(deployed):
+    _, _, graph = deployed
+    ops = _op_counts(graph)
+    assert ops["Conv"] > 0
+    assert ops["BatchNormalization"] == 0
+
+
+def test_fastvit_t8_one_conv_per_merged_block(stressed_original, make_inputs):
+    original = stressed_original("fastvit_t8")
+    example = make_inputs(batch=2)
+    fused, _ = fuse_batchnorm(original, example)
+    merged, _ = reparameterize(fused)
+    deployed_convs = _op_counts(_onnx_of(merged, example))["Conv"]
+    multi = _op_counts(_onnx_of(original, example))
+
+    torch_convs = sum(isinstance(m, nn.Conv2d) for m in merged.modules())
+    assert deployed_convs == torch_convs
+    assert deployed_convs < multi["Conv"]
+    assert multi["BatchNormalization"] > 0, "the multi-branch graph keeps its BN identity branches"
