@@ -12,8 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from deployforge.models.blocks import fold_bn
 from torch import nn
+
+from deployforge.models.blocks import fold_bn
 
 _PRODUCERS = {
     torch.ops.aten.conv1d.default: (nn.Conv1d,),

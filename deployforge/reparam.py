@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 
-from deployforge.models.blocks import MergeCount
 from torch import nn
+
+from deployforge.models.blocks import MergeCount
 
 
 def _reparameterize_tree(module: nn.Module) -> MergeCount:

@@ -6,6 +6,8 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+
 from deployforge.models.blocks import (
     LayerScale2d,
     MergeCount,
@@ -21,8 +23,6 @@ from deployforge.models.blocks import (
     identity_kernel,
     pad_kernel,
 )
-from torch import nn
-
 from deployforge.stress import stress_weights
 
 TOL = 1e-5

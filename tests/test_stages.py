@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import pytest
 import timm
 import torch
-from deployforge.models.blocks import MergeCount
 from torch import nn
 
 from deployforge.fuse import FuseReport, fuse_batchnorm
+from deployforge.models.blocks import MergeCount
 from deployforge.parity import compare
 from deployforge.registry import get_spec, list_models
 from deployforge.reparam import reparameterize
