@@ -37,9 +37,10 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
 def onnx_params(model: onnx.ModelProto) -> int:
     """Number of floating-point weights the graph computes with.
 
-    Exporters share identical initializers (e.g. two all-zero biases) between nodes; counting each
-    initializer once per node that reads it keeps the figure independent of the weight values.
-    Scalars (eps, attention scale) are not parameters and are skipped.
+    Exporters may share one initializer between nodes that hold equal values; it is counted once per
+    node that reads it. The exporter drops conv biases that are exactly zero, so a model with all-zero
+    folded biases (identity BatchNorm statistics) holds fewer weights than its torch twin; the manifest
+    reports both counts. Scalars (eps, attention scale) are not parameters and are skipped.
     """
     sizes = {
         init.name: math.prod(init.dims)

@@ -14,10 +14,10 @@ LAYER_SCALE_NAMES = ("gamma", "layer_scale")
 
 @torch.no_grad()
 def stress_weights(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Set BN statistics and layer scales far from init, in place, and return ``model``.
+    """Set normalization statistics/affines and layer scales far from init, in place; return ``model``.
 
-    Running mean ~N(0, 0.1), running var ~U(0.5, 1), affine weight ~U(0.75, 1.25), bias ~N(0, 0.1);
-    every layer-scale parameter ~U(0.1, 0.6).
+    Running mean ~N(0, 0.1), running var ~U(0.5, 1), affine weight ~U(0.75, 1.25), bias ~N(0, 0.1)
+    (LayerNorm and GroupNorm affines too); every layer-scale parameter ~U(0.1, 0.6).
 
     Args:
         model: any model; BatchNorms and parameters named like a layer scale are changed.
@@ -40,6 +40,10 @@ def stress_weights(model: nn.Module, seed: int = 0) -> nn.Module:
             if module.weight is not None:
                 draw(module.weight, "uniform", 0.75, 1.25)
                 draw(module.bias, "normal", 0.0, 0.1)
+        elif isinstance(module, nn.LayerNorm | nn.GroupNorm) and module.weight is not None:
+            # transformer norms: a misplaced or swapped norm must change the output too
+            draw(module.weight, "uniform", 0.75, 1.25)
+            draw(module.bias, "normal", 0.0, 0.1)
     for name, param in model.named_parameters():
         if name.rsplit(".", 1)[-1] in LAYER_SCALE_NAMES:
             draw(param, "uniform", 0.1, 0.6)

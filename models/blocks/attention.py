@@ -1,4 +1,9 @@
-"""Multi-head self-attention over the spatial positions of a feature map."""
+"""Self-attention blocks: multi-head (token sequences and feature maps) and separable (linear) attention.
+
+Every attention here is written out with explicit MatMuls / elementwise ops instead of the fused SDPA
+kernel: Core ML converts the explicit form on every target, and the ONNX graph then shows the attention
+MatMuls so MACs are counted from it (a fused kernel counts as zero in torch's flop counter).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,11 @@ from torch import nn
 from .algebra import bn_scale_shift
 
 
-class MultiHeadSelfAttention(nn.Module):
-    """MHSA on ``(B, C, H, W)``: tokens are the ``H·W`` positions, ``C`` split into heads of ``head_dim``.
+class TokenSelfAttention(nn.Module):
+    """Multi-head self-attention on a token sequence ``(B, N, C)``, ``C`` split into heads of ``head_dim``.
 
-    Attention is written out (``softmax(q·kᵀ·s)·v``) instead of calling the fused SDPA kernel: Core ML
-    converts the explicit form on every target, and the ONNX graph then shows the attention MatMuls
-    so MACs are counted from it (a fused kernel counts as zero in torch's flop counter).
+    ``proj(softmax(q·kᵀ·s)·v)`` with ``q, k, v`` from one ``qkv`` linear layer. The largest intermediate
+    is the rank-5 ``(B, N, 3, heads, head_dim)`` view (Core ML accepts tensors up to rank 5).
 
     Args:
         dim: channels.
@@ -30,14 +34,16 @@ class MultiHeadSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
-        qkv = self.qkv(tokens).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    def attend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention over ``tokens`` ``(B, N, C)``; returns ``(B, N, C)``."""
+        b, n, c = tokens.shape
+        qkv = self.qkv(tokens).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, h * w, c)
-        return self.proj(out).transpose(1, 2).reshape(b, c, h, w)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.attend(tokens)
 
     def absorb_input_norm(self, norm: nn.Module) -> bool:
         """Fold a BatchNorm applied to this block's input into ``qkv``: ``W' = W·diag(t)``, ``b' = b + W·s``.
@@ -59,3 +65,44 @@ class MultiHeadSelfAttention(nn.Module):
         folded.bias = nn.Parameter(bias + weight @ s)
         self.qkv = folded
         return True
+
+
+class MultiHeadSelfAttention(TokenSelfAttention):
+    """MHSA on ``(B, C, H, W)``: tokens are the ``H·W`` positions (see :class:`TokenSelfAttention`).
+
+    Args:
+        dim: channels.
+        head_dim: channels per head.
+        qkv_bias: whether the qkv projection has a bias.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        return self.attend(tokens).transpose(1, 2).reshape(b, c, h, w)
+
+
+class SeparableSelfAttention(nn.Module):
+    """Separable self-attention with linear complexity (MobileViT v2), on ``(B, C, P, N)``.
+
+    One 1×1 conv ``qkv`` gives a 1-channel query (the latent token's score per token), keys and values.
+    ``scores = softmax_N(query)``; the context vector ``c = Σ_N key·scores`` is ``(B, C, P, 1)``;
+    ``out = proj(relu(value) · c)``. Only the two 1×1 convs are MACs; the rest is elementwise, so the
+    attention costs O(N) instead of O(N²). Tokens of one patch position ``p`` attend to each other only.
+
+    Args:
+        dim: channels ``C``.
+        bias: whether the 1×1 convs have biases.
+    """
+
+    def __init__(self, dim: int, bias: bool = True) -> None:
+        super().__init__()
+        self.dim = dim
+        self.qkv = nn.Conv2d(dim, 1 + 2 * dim, 1, bias=bias)
+        self.proj = nn.Conv2d(dim, dim, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query, key, value = self.qkv(x).split([1, self.dim, self.dim], dim=1)
+        scores = torch.softmax(query, dim=-1)
+        context = (key * scores).sum(dim=-1, keepdim=True)
+        return self.proj(torch.relu(value) * context)

@@ -1,0 +1,285 @@
+"""MobileViT v1 (Mehta & Rastegari, 2022): MV2 inverted residuals and MobileViT blocks, 256 px.
+
+A MobileViT block models locally (3×3 conv-BN-SiLU, 1×1 conv to the transformer width), unfolds the map
+into ``P = 2×2`` patch positions × ``N`` patches, runs a LayerNorm transformer over the ``N`` tokens of each
+position, folds back, projects (1×1 conv-BN-SiLU) and fuses with its input (3×3 conv-BN-SiLU on the
+concatenation). The network skeleton here (stem, five stages, optional final 1×1 conv, classifier head)
+is shared with MobileViT v2 (:mod:`.mobilevitv2`), which swaps the block.
+
+Written for the converters (see :mod:`.blocks.patches`): unfold/fold use reshapes of rank ≤ 5 (Core ML
+rejects rank 6), attention is explicit MatMuls rather than fused SDPA (Core ML converts it, and ONNX MAC
+counting sees the MatMuls), and every shape except the batch is a Python int fixed by the input size.
+
+Module names follow timm's ``mobilevit_*`` except in the shared MV2 block, whose 1×1 / depthwise / 1×1
+convs are ``conv_pw`` / ``conv_dw`` / ``conv_pwl`` (timm's ByobNet calls them ``conv1_1x1`` /
+``conv2_kxk`` / ``conv3_1x1``); :func:`key_map` renames them.
+
+Nothing here is multi-branch: the reparameterize stage leaves the model as it is, and the fuse stage folds
+every conv-BN pair (stem, MV2 convs, the block's local, projection and fusion convs, final conv).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .blocks import ConvNorm, InvertedResidual, Mlp, TokenSelfAttention, TransformerLayer, fold_patches, unfold_patches
+from .head import ClassifierHead
+
+if TYPE_CHECKING:
+    from deployforge.registry import ModelSpec
+
+# cvnets-trained MobileViT checkpoints take RGB scaled to [0, 1] without mean/std normalization (timm's cfg).
+INPUT_MEAN = (0.0, 0.0, 0.0)
+INPUT_STD = (1.0, 1.0, 1.0)
+INPUT_SIZE = 256
+
+# timm (ByobNet) name → ours, per dotted path component, for the shared InvertedResidual block.
+MV2_RENAMES: dict[str, str] = {"conv1_1x1": "conv_pw", "conv2_kxk": "conv_dw", "conv3_1x1": "conv_pwl"}
+
+
+def rename_components(state: Mapping[str, torch.Tensor], renames: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Rename whole dotted components of every key (``a.conv1_1x1.b`` → ``a.conv_pw.b``); keys only.
+
+    Args:
+        state: a state dict.
+        renames: component → new component.
+
+    Returns:
+        A new dict holding the same tensor objects under the renamed keys.
+
+    Raises:
+        ValueError: two keys would map to the same name.
+    """
+    mapped = {".".join(renames.get(part, part) for part in key.split(".")): value for key, value in state.items()}
+    if len(mapped) != len(state):
+        raise ValueError("renaming would merge distinct keys; the state dict mixes two naming schemes")
+    return mapped
+
+
+def key_map(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a timm ``mobilevit_*`` state dict onto ours: the MV2 convs get their :data:`MV2_RENAMES` names.
+
+    Keys only; every other key (and a state dict already in our naming) passes through unchanged.
+
+    Args:
+        state: timm's state dict.
+
+    Returns:
+        A new dict with the same tensors under our module names.
+    """
+    return rename_components(state, MV2_RENAMES)
+
+
+def patch_grid(size: int, patch: int) -> int:
+    """Number of patches along a side of ``size`` pixels (the map is resized up to a whole number)."""
+    return math.ceil(size / patch)
+
+
+class MobileViTBlock(nn.Module):
+    """MobileViT v1 block: local conv, unfold, transformer, fold, projection, fusion with the input.
+
+    Args:
+        chs: input and output channels.
+        transformer_dim: token width ``d``.
+        depth: transformer layers.
+        patch_size: square patch side.
+        num_heads: attention heads (``d`` must be a multiple).
+        mlp_ratio: MLP expansion.
+        act_layer: activation of the convs and the MLP.
+    """
+
+    def __init__(
+        self,
+        chs: int,
+        transformer_dim: int,
+        depth: int,
+        patch_size: int = 2,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        act_layer: Callable[[], nn.Module] = nn.SiLU,
+    ) -> None:
+        super().__init__()
+        d = transformer_dim
+        self.patch_size = patch_size
+        self.conv_kxk = ConvNorm(chs, chs, 3, act_layer=act_layer)
+        self.conv_1x1 = nn.Conv2d(chs, d, 1, bias=False)
+        self.transformer = nn.Sequential(
+            *(
+                TransformerLayer(
+                    nn.LayerNorm(d),
+                    TokenSelfAttention(d, head_dim=d // num_heads, qkv_bias=True),
+                    nn.LayerNorm(d),
+                    Mlp(d, int(d * mlp_ratio), act_layer),
+                )
+                for _ in range(depth)
+            )
+        )
+        self.norm = nn.LayerNorm(d)
+        self.conv_proj = ConvNorm(d, chs, 1, act_layer=act_layer)
+        self.conv_fusion = ConvNorm(2 * chs, chs, 3, act_layer=act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv_1x1(self.conv_kxk(x))
+        b, d, h, w = x.shape
+        p = self.patch_size
+        num_h, num_w = patch_grid(h, p), patch_grid(w, p)
+        # A map that does not tile into whole patches is resized up and back (as timm/cvnets do); the
+        # sizes are Python ints fixed by the input size, so the branch is static under torch.export.
+        resize = (num_h * p, num_w * p) != (h, w)
+        if resize:
+            x = F.interpolate(x, size=(num_h * p, num_w * p), mode="bilinear", align_corners=False)
+        patches = unfold_patches(x, p, p)  # (B, d, P, N)
+        n = num_h * num_w
+        tokens = patches.permute(0, 2, 3, 1).reshape(b * p * p, n, d)  # (B·P, N, d): attention over N
+        tokens = self.norm(self.transformer(tokens))
+        x = fold_patches(tokens.reshape(b, p * p, n, d).permute(0, 3, 1, 2), p, p, num_h, num_w)
+        if resize:
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        return self.conv_fusion(torch.cat((shortcut, self.conv_proj(x)), dim=1))
+
+
+class MobileViTNet(nn.Module):
+    """Stem (3×3 stride-2 conv-BN-SiLU), five stages, optional 1×1 conv-BN-SiLU, classifier head.
+
+    Stage 0 is one MV2 block at stride 1; stage 1 is MV2 blocks, the first at stride 2; stages 2–4 are
+    an MV2 block at stride 2 followed by ``vit_block(stage, channels)``.
+
+    Args:
+        stem_chs: stem output channels.
+        widths: output channels of the five stages.
+        stage1_depth: MV2 blocks in stage 1.
+        expansion: MV2 expansion.
+        vit_block: builds the global block of stages 2–4 from ``(stage index 0..2, channels)``.
+        num_features: channels of the final 1×1 conv, or ``None`` for no final conv.
+        num_classes: classifier outputs.
+    """
+
+    def __init__(
+        self,
+        stem_chs: int,
+        widths: Sequence[int],
+        stage1_depth: int,
+        expansion: float,
+        vit_block: Callable[[int, int], nn.Module],
+        num_features: int | None,
+        num_classes: int = 1000,
+    ) -> None:
+        super().__init__()
+        if len(widths) != 5:
+            raise ValueError(f"MobileViT has 5 stages, got {len(widths)} widths")
+        self.stem = ConvNorm(3, stem_chs, 3, stride=2, act_layer=nn.SiLU)
+        mv2 = partial(InvertedResidual, expansion=expansion, act_layer=nn.SiLU)
+        stages = [[mv2(stem_chs, widths[0])]]
+        stages.append([mv2(widths[0], widths[1], 2)] + [mv2(widths[1], widths[1]) for _ in range(stage1_depth - 1)])
+        for i, chs in enumerate(widths[2:]):
+            stages.append([mv2(widths[i + 1], chs, 2), vit_block(i, chs)])
+        self.stages = nn.Sequential(*(nn.Sequential(*blocks) for blocks in stages))
+        self.final_conv = ConvNorm(widths[-1], num_features, 1, act_layer=nn.SiLU) if num_features else nn.Identity()
+        self.head = ClassifierHead(num_features or widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.final_conv(self.stages(self.stem(x))))
+
+
+@dataclass(frozen=True)
+class MobileViTConfig:
+    """Architecture of one MobileViT v1 variant.
+
+    Attributes:
+        widths: output channels of the five stages.
+        transformer_dims: token width of the MobileViT blocks in stages 2–4.
+        num_features: channels of the final 1×1 conv.
+        expansion: MV2 expansion.
+        stem_chs: stem output channels.
+        transformer_depths: transformer layers of the MobileViT blocks in stages 2–4.
+        stage1_depth: MV2 blocks in stage 1.
+        patch_size: square patch side.
+        num_heads: attention heads.
+    """
+
+    widths: tuple[int, int, int, int, int]
+    transformer_dims: tuple[int, int, int]
+    num_features: int
+    expansion: float = 4.0
+    stem_chs: int = 16
+    transformer_depths: tuple[int, int, int] = (2, 4, 3)
+    stage1_depth: int = 3
+    patch_size: int = 2
+    num_heads: int = 4
+
+
+def mobilevit(config: MobileViTConfig, num_classes: int = 1000) -> MobileViTNet:
+    """Build a MobileViT v1 network from its configuration.
+
+    Args:
+        config: the variant's architecture.
+        num_classes: classifier outputs.
+    """
+
+    def vit_block(stage: int, chs: int) -> MobileViTBlock:
+        return MobileViTBlock(
+            chs,
+            config.transformer_dims[stage],
+            config.transformer_depths[stage],
+            config.patch_size,
+            config.num_heads,
+        )
+
+    return MobileViTNet(
+        config.stem_chs,
+        config.widths,
+        config.stage1_depth,
+        config.expansion,
+        vit_block,
+        config.num_features,
+        num_classes,
+    )
+
+
+VARIANTS: dict[str, MobileViTConfig] = {
+    "mobilevit_xxs": MobileViTConfig((16, 24, 48, 64, 80), (64, 80, 96), 320, expansion=2.0),
+    "mobilevit_xs": MobileViTConfig((32, 48, 64, 80, 96), (96, 120, 144), 384),
+    "mobilevit_s": MobileViTConfig((32, 64, 96, 128, 160), (144, 192, 240), 640),
+}
+
+# (params M, GMACs) of the reparameterized model at 256 px, measured on timm's implementation — DESIGN section 3
+SIZES: dict[str, tuple[float, float]] = {
+    "mobilevit_xxs": (1.272, 0.407),
+    "mobilevit_xs": (2.318, 1.026),
+    "mobilevit_s": (5.579, 2.001),
+}
+
+
+def build(name: str) -> MobileViTNet:
+    """Build the MobileViT v1 variant ``name`` with random weights."""
+    return mobilevit(VARIANTS[name])
+
+
+def specs() -> list[ModelSpec]:
+    """Registry entries for every MobileViT v1 variant."""
+    from deployforge.registry import ModelSpec
+
+    return [
+        ModelSpec(
+            name=name,
+            family="mobilevit",
+            builder=partial(build, name),
+            input_size=INPUT_SIZE,
+            params_m=SIZES[name][0],
+            gmacs=SIZES[name][1],
+            timm_name=name,
+            key_map=key_map,
+            mean=INPUT_MEAN,
+            std=INPUT_STD,
+        )
+        for name in VARIANTS
+    ]
