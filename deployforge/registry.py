@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .errors import DeployforgeError
@@ -53,6 +54,43 @@ class ModelSpec:
     def build(self) -> nn.Module:
         """Return a fresh train-time model in eval mode."""
         return self.builder().eval()
+
+
+def variant_specs(
+    family: str,
+    build: Callable[[str], nn.Module],
+    sizes: Mapping[str, tuple[float, ...]],
+    input_size: int,
+    **shared: object,
+) -> list[ModelSpec]:
+    """One spec per variant of a family whose variants share everything but their name and figures.
+
+    Args:
+        family: the family name.
+        build: ``build(name)`` returns the train-time variant.
+        sizes: ``name -> (params_m, gmacs[, published_params_m, published_gmacs])``; the timm name is
+            the registry name.
+        input_size: the family's published input side.
+        **shared: further ModelSpec fields common to every variant (``key_map``, ``mean``, ``std``).
+    """
+    specs = []
+    for name, (params_m, gmacs, *published) in sizes.items():
+        published_params_m, published_gmacs = (*published, None, None)[:2]
+        specs.append(
+            ModelSpec(
+                name=name,
+                family=family,
+                builder=partial(build, name),
+                input_size=input_size,
+                params_m=params_m,
+                gmacs=gmacs,
+                published_params_m=published_params_m,
+                published_gmacs=published_gmacs,
+                timm_name=name,
+                **shared,
+            )
+        )
+    return specs
 
 
 def _all_specs() -> dict[str, ModelSpec]:

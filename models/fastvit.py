@@ -8,7 +8,7 @@ on the measured column (see DESIGN section 3) and the README says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from .blocks import (
     fold_layer_scale,
 )
 from .head import ClassifierHead
+
+if TYPE_CHECKING:
+    from deployforge.registry import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -184,21 +187,8 @@ def build(name: str) -> FastViT:
     return FastViT(VARIANTS[name])
 
 
-def specs() -> list:
-    """Registry entries for every FastViT variant."""
-    from deployforge.registry import ModelSpec
+def specs() -> list[ModelSpec]:
+    """Registry entries for every fastvit variant."""
+    from deployforge.registry import variant_specs
 
-    return [
-        ModelSpec(
-            name=name,
-            family="fastvit",
-            builder=partial(build, name),
-            input_size=256,
-            params_m=SIZES[name][0],
-            gmacs=SIZES[name][1],
-            published_params_m=SIZES[name][2],
-            published_gmacs=SIZES[name][3],
-            timm_name=name,
-        )
-        for name in VARIANTS
-    ]
+    return variant_specs("fastvit", build, SIZES, 256)

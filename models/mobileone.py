@@ -15,7 +15,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -153,21 +152,7 @@ def build(name: str) -> MobileOne:
 
 
 def specs() -> list[ModelSpec]:
-    """Registry entries for every MobileOne variant."""
-    from deployforge.registry import ModelSpec
+    """Registry entries for every mobileone variant."""
+    from deployforge.registry import variant_specs
 
-    return [
-        ModelSpec(
-            name=name,
-            family="mobileone",
-            builder=partial(build, name),
-            input_size=224,
-            params_m=SIZES[name][0],
-            gmacs=SIZES[name][1],
-            published_params_m=SIZES[name][2],
-            published_gmacs=SIZES[name][3],
-            timm_name=name,
-            key_map=key_map,
-        )
-        for name in VARIANTS
-    ]
+    return variant_specs("mobileone", build, SIZES, 224, key_map=key_map)

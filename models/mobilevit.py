@@ -265,21 +265,7 @@ def build(name: str) -> MobileViTNet:
 
 
 def specs() -> list[ModelSpec]:
-    """Registry entries for every MobileViT v1 variant."""
-    from deployforge.registry import ModelSpec
+    """Registry entries for every mobilevit variant."""
+    from deployforge.registry import variant_specs
 
-    return [
-        ModelSpec(
-            name=name,
-            family="mobilevit",
-            builder=partial(build, name),
-            input_size=INPUT_SIZE,
-            params_m=SIZES[name][0],
-            gmacs=SIZES[name][1],
-            timm_name=name,
-            key_map=key_map,
-            mean=INPUT_MEAN,
-            std=INPUT_STD,
-        )
-        for name in VARIANTS
-    ]
+    return variant_specs("mobilevit", build, SIZES, INPUT_SIZE, key_map=key_map, mean=INPUT_MEAN, std=INPUT_STD)

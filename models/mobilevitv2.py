@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -184,21 +183,7 @@ def build(name: str) -> MobileViTNet:
 
 
 def specs() -> list[ModelSpec]:
-    """Registry entries for every MobileViT v2 variant."""
-    from deployforge.registry import ModelSpec
+    """Registry entries for every mobilevitv2 variant."""
+    from deployforge.registry import variant_specs
 
-    return [
-        ModelSpec(
-            name=name,
-            family="mobilevitv2",
-            builder=partial(build, name),
-            input_size=INPUT_SIZE,
-            params_m=SIZES[name][0],
-            gmacs=SIZES[name][1],
-            timm_name=name,
-            key_map=key_map,
-            mean=INPUT_MEAN,
-            std=INPUT_STD,
-        )
-        for name in ALPHAS
-    ]
+    return variant_specs("mobilevitv2", build, SIZES, INPUT_SIZE, key_map=key_map, mean=INPUT_MEAN, std=INPUT_STD)
