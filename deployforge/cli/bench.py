@@ -122,40 +122,29 @@ def bench_command(
     if as_json:
         print_json(results)
         return
-    table = Table(
-        title="onnxruntime CPU latency (ms), multi-branch vs reparameterized, interleaved",
-        title_justify="left",
-    )
-    for column in (
-        "model",
-        "thr",
-        "multi p50",
-        "p90",
-        "p99",
-        "reparam p50",
-        "p90",
-        "p99",
-        "speed-up [95% CI]",
-        "params M",
-        "GMACs",
-        "GFLOP/s",
-    ):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    table = Table(title="onnxruntime CPU latency (ms), timed interleaved", title_justify="left")
+    for column in ("model", "thr", "graph", "p50", "p90", "p99", "GFLOP/s", "speed-up [95% CI]"):
+        table.add_column(column, justify="left" if column in ("model", "graph") else "right", no_wrap=True)
     for r in results:
-        m, p = r["multi_branch"], r["reparameterized"]
         low, high = r["speedup_ci95"]
-        table.add_row(
-            r["model"],
-            str(r["threads"]),
-            fmt(m["p50_ms"], ".2f"),
-            fmt(m["p90_ms"], ".2f"),
-            fmt(m["p99_ms"], ".2f"),
-            fmt(p["p50_ms"], ".2f"),
-            fmt(p["p90_ms"], ".2f"),
-            fmt(p["p99_ms"], ".2f"),
-            f"{r['speedup']:.2f}× [{low:.2f}, {high:.2f}]",
-            fmt(r["params"] and r["params"] / 1e6, ".3f"),
-            fmt(r["macs"] and r["macs"] / 1e9, ".3f"),
-            fmt(p.get("gflops"), ".1f"),
-        )
+        for graph, key in (("multi-branch", "multi_branch"), ("reparam", "reparameterized")):
+            stats = r[key]
+            table.add_row(
+                r["model"] if key == "multi_branch" else "",
+                str(r["threads"]) if key == "multi_branch" else "",
+                graph,
+                fmt(stats["p50_ms"], ".2f"),
+                fmt(stats["p90_ms"], ".2f"),
+                fmt(stats["p99_ms"], ".2f"),
+                fmt(stats.get("gflops"), ".1f"),
+                f"{r['speedup']:.2f}× [{low:.2f}, {high:.2f}]" if key == "reparameterized" else "",
+            )
     stdout.print(table)
+    for model in dict.fromkeys(r["model"] for r in results):
+        r = next(x for x in results if x["model"] == model)
+        stdout.print(
+            f"{model}: {fmt(r['params'] and r['params'] / 1e6, '.3f')} M params deployed "
+            f"({fmt(r['params_multibranch'] and r['params_multibranch'] / 1e6, '.3f')} M multi-branch), "
+            f"{fmt(r['macs'] and r['macs'] / 1e9, '.3f')} GMACs",
+            highlight=False,
+        )

@@ -22,7 +22,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 DEFAULT_OUT = Path("deployforge-out")
 stderr = Console(stderr=True)
-stdout = Console()
+# Piped or redirected output is not limited to rich's 80-column fallback: tables stay whole in logs.
+stdout = Console(width=None if sys.stdout.isatty() else 140)
 
 
 def quiet_converters() -> None:
