@@ -3,4 +3,6 @@
 Importing the package is cheap; torch, onnxruntime and coremltools load only where they are used.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+__version__ = metadata.version("deployforge")

@@ -1,4 +1,4 @@
-"""onnxruntime CPU latency protocol (DESIGN section 6): sessions, warm-up, interleaved timing, statistics.
+"""onnxruntime CPU latency (docs/design.md, "Latency protocol"): sessions, warm-up, interleaved timing, statistics.
 
 A pure library: nothing here prints or parses arguments. The CLI imports this module lazily because it
 imports onnxruntime at the top.
@@ -16,6 +16,9 @@ import numpy as np
 import onnxruntime as ort
 
 from deployforge.errors import DeployforgeError
+from deployforge.manifest import Manifest, read_manifest
+from deployforge.measure import SizeReport
+from deployforge.options import Against, TimingProtocol
 
 MIN_WARMUP_RUNS = 10
 MAX_RUNS_FACTOR = 10  # timing stops at this many times ``runs`` per model even if min_time_s is not reached
@@ -106,20 +109,9 @@ class LatencyStats:
     @property
     def gflops(self) -> float | None:
         """GFLOP/s achieved, ``2 · MACs · batch / p50`` (None when MACs are unknown)."""
-        return self.gflops_for(self.macs)
-
-    def gflops_for(self, macs: int | None) -> float | None:
-        """GFLOP/s achieved at the median latency for a given per-image MAC count.
-
-        Args:
-            macs: multiply-accumulates of one image; None gives None.
-
-        Returns:
-            ``2 · macs · batch / p50`` in GFLOP/s, or None.
-        """
-        if macs is None or self.p50_ms <= 0:
+        if self.macs is None or self.p50_ms <= 0:
             return None
-        return 2.0 * macs * self.batch / (self.p50_ms * 1e-3) / 1e9
+        return 2.0 * self.macs * self.batch / (self.p50_ms * 1e-3) / 1e9
 
     def as_dict(self, include_samples: bool = False) -> dict:
         """JSON-ready view including ``gflops``.
@@ -150,20 +142,20 @@ class LatencyStats:
 
 @dataclass
 class PairResult:
-    """Interleaved comparison of a multi-branch model with its reparameterized form.
+    """Interleaved comparison of a baseline (the multi-branch original, a peer's export) with our deployed model.
 
     Attributes:
-        multi_branch: latency of the multi-branch model.
-        reparameterized: latency of the reparameterized model.
+        baseline: latency of the baseline.
+        deployed: latency of our deployed (reparameterized) model.
         threads: ``intra_op_num_threads`` of both sessions.
-        speedup: ``median(multi_branch) / median(reparameterized)``; above 1 means reparameterizing helped.
+        speedup: ``median(baseline) / median(deployed)``; above 1 means ours is faster.
         speedup_ci: bootstrap 95 % interval ``(low, high)`` of ``speedup``.
         n_bootstrap: number of bootstrap resamples behind ``speedup_ci``.
         warning: the over-subscription warning of ``thread_warning``, or None.
     """
 
-    multi_branch: LatencyStats
-    reparameterized: LatencyStats
+    baseline: LatencyStats
+    deployed: LatencyStats
     threads: int
     speedup: float
     speedup_ci: tuple[float, float]
@@ -181,8 +173,8 @@ class PairResult:
         """
         return {
             "threads": self.threads,
-            "multi_branch": self.multi_branch.as_dict(include_samples),
-            "reparameterized": self.reparameterized.as_dict(include_samples),
+            "baseline": self.baseline.as_dict(include_samples),
+            "deployed": self.deployed.as_dict(include_samples),
             "speedup": self.speedup,
             "speedup_ci95": list(self.speedup_ci),
             "n_bootstrap": self.n_bootstrap,
@@ -200,23 +192,6 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
-
-
-def validate_threads(threads: int) -> int:
-    """Check a thread count.
-
-    Args:
-        threads: requested ``intra_op_num_threads``.
-
-    Returns:
-        ``threads`` unchanged.
-
-    Raises:
-        DeployforgeError: when it is not an integer ≥ 1.
-    """
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise DeployforgeError(f"--threads must be a whole number >= 1, got {threads!r}")
-    return int(threads)
 
 
 def thread_warning(threads: int, cores: int | None = None) -> str | None:
@@ -239,19 +214,18 @@ def thread_warning(threads: int, cores: int | None = None) -> str | None:
 
 
 def make_session(path: Path | str, threads: int) -> ort.InferenceSession:
-    """Open an onnxruntime CPU session with the section-6 options.
+    """Open an onnxruntime CPU session with the protocol's options.
 
     Args:
         path: ONNX file.
-        threads: ``intra_op_num_threads``.
+        threads: ``intra_op_num_threads`` (checked by :class:`TimingProtocol`).
 
     Returns:
         The session.
 
     Raises:
-        DeployforgeError: when the file is missing, ``threads`` is invalid, or onnxruntime cannot load it.
+        DeployforgeError: when the file is missing or onnxruntime cannot load it.
     """
-    threads = validate_threads(threads)
     path = Path(path)
     if not path.is_file():
         raise DeployforgeError(f"no ONNX file at {path}: export the model first (deployforge export)")
@@ -356,17 +330,6 @@ def _time_interleaved(runs_fns: Sequence[Callable[[], float]], runs: int, min_ti
     return samples
 
 
-def _check_protocol(batch: int, runs: int, warmup_s: float, min_time_s: float) -> None:
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise DeployforgeError(f"batch must be a whole number >= 1, got {batch!r}")
-    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
-        raise DeployforgeError(f"--runs must be a whole number >= 1, got {runs!r}")
-    if not warmup_s >= 0:
-        raise DeployforgeError(f"--warmup-s must be >= 0, got {warmup_s!r}")
-    if not min_time_s >= 0:
-        raise DeployforgeError(f"min_time_s must be >= 0, got {min_time_s!r}")
-
-
 def bootstrap_ratio_of_medians(
     numerator: Sequence[float],
     denominator: Sequence[float],
@@ -380,7 +343,7 @@ def bootstrap_ratio_of_medians(
 
     Args:
         numerator: samples of the numerator (e.g. multi-branch latencies).
-        denominator: samples of the denominator (e.g. reparameterized latencies).
+        denominator: samples of the denominator (e.g. the deployed model's latencies).
         n_resamples: bootstrap resamples.
         seed: seed of the resampling.
         confidence: coverage of the interval.
@@ -404,80 +367,59 @@ def bootstrap_ratio_of_medians(
     return float(low), float(high)
 
 
-def bench_one(
-    path: Path | str,
-    threads: int,
-    batch: int = 1,
-    runs: int = 50,
-    warmup_s: float = 1.0,
-    min_time_s: float = 5.0,
-    seed: int = 0,
-    macs: int | None = None,
+def time_models(
+    paths: Sequence[Path | str],
+    protocol: TimingProtocol,
+    macs: Sequence[int | None] | None = None,
     input_shape: Sequence[int] | None = None,
-) -> LatencyStats:
-    """Latency of one ONNX model under the section-6 protocol.
+) -> list[LatencyStats]:
+    """Time ONNX models interleaved in one process under ``protocol``.
 
-    Warm-up: at least 10 runs and ``warmup_s`` seconds. Timing: until at least ``runs`` samples and
-    ``min_time_s`` seconds, capped at ``10 · runs`` samples.
+    Every session is opened and warmed up (at least 10 runs and ``warmup_s`` seconds), then runs alternate
+    A, B, …, A, B, … until each has at least ``runs`` samples and ``min_time_s`` seconds have passed,
+    capped at ``MAX_RUNS_FACTOR · runs`` samples each. Models with matching inputs get the same inputs.
 
     Args:
-        path: ONNX file.
-        threads: ``intra_op_num_threads``.
-        batch: images per call (sets a symbolic leading dimension).
-        runs: minimum timed runs.
-        warmup_s: minimum warm-up time, seconds.
-        min_time_s: minimum timing time, seconds.
-        seed: seed of the random inputs.
-        macs: per-image multiply-accumulates, for GFLOP/s.
-        input_shape: full input shape when the model has symbolic spatial dimensions.
+        paths: ONNX files.
+        protocol: threads, batch and timing budget.
+        macs: per-image MACs of each model, for its GFLOP/s.
+        input_shape: full input shape when the models have symbolic spatial dimensions.
 
     Returns:
-        The statistics.
+        One statistics record per model, in order.
 
     Raises:
-        DeployforgeError: on invalid arguments or an unloadable model.
+        DeployforgeError: on an unloadable model or unresolvable input shape.
     """
-    threads = validate_threads(threads)
-    _check_protocol(batch, runs, warmup_s, min_time_s)
-    session = make_session(path, threads)
-    run = _runner(session, make_feed(session, batch, seed, input_shape))
-    _warmup(run, warmup_s)
-    (samples,) = _time_interleaved([run], runs, min_time_s)
-    return LatencyStats.from_samples(samples, batch=batch, threads=threads, macs=macs)
+    sessions = [make_session(path, protocol.threads) for path in paths]
+    runners = [_runner(s, make_feed(s, protocol.batch, protocol.seed, input_shape)) for s in sessions]
+    for run in runners:
+        _warmup(run, protocol.warmup_s)
+    samples = _time_interleaved(runners, protocol.runs, protocol.min_time_s)
+    macs = list(macs) if macs is not None else [None] * len(paths)
+    return [
+        LatencyStats.from_samples(times, batch=protocol.batch, threads=protocol.threads, macs=count)
+        for times, count in zip(samples, macs, strict=True)
+    ]
 
 
 def bench_pair(
-    multi_branch: Path | str,
-    reparameterized: Path | str,
-    threads: int,
-    batch: int = 1,
-    runs: int = 50,
-    warmup_s: float = 1.0,
-    min_time_s: float = 5.0,
-    seed: int = 0,
-    macs_multi_branch: int | None = None,
-    macs_reparameterized: int | None = None,
+    baseline: Path | str,
+    deployed: Path | str,
+    protocol: TimingProtocol,
+    macs_baseline: int | None = None,
+    macs_deployed: int | None = None,
     n_bootstrap: int = N_BOOTSTRAP,
     input_shape: Sequence[int] | None = None,
 ) -> PairResult:
-    """Compare a multi-branch model with its reparameterized form, timed interleaved in one process.
-
-    Both sessions are opened, each is warmed up (at least 10 runs and ``warmup_s`` seconds), then runs
-    alternate A, B, A, B, … until each has at least ``runs`` samples and ``min_time_s`` seconds have
-    passed, capped at ``10 · runs`` samples each. Both models get the same random inputs when their
-    inputs match.
+    """Compare a baseline with our deployed model, timed interleaved (:func:`time_models`).
 
     Args:
-        multi_branch: ONNX file of the multi-branch (training-form) model.
-        reparameterized: ONNX file of the reparameterized model.
-        threads: ``intra_op_num_threads`` of both sessions.
-        batch: images per call (sets a symbolic leading dimension).
-        runs: minimum timed runs per model.
-        warmup_s: minimum warm-up time per model, seconds.
-        min_time_s: minimum total timing time, seconds.
-        seed: seed of the random inputs and of the bootstrap.
-        macs_multi_branch: per-image MACs of the multi-branch model, for its GFLOP/s.
-        macs_reparameterized: per-image MACs of the reparameterized model, for its GFLOP/s.
+        baseline: ONNX file of the baseline (the multi-branch original, a peer's export).
+        deployed: ONNX file of our deployed model.
+        protocol: threads, batch and timing budget.
+        macs_baseline: per-image MACs of the baseline, for its GFLOP/s.
+        macs_deployed: per-image MACs of the deployed model, for its GFLOP/s.
         n_bootstrap: bootstrap resamples for the speedup interval.
         input_shape: full input shape when the models have symbolic spatial dimensions.
 
@@ -485,28 +427,88 @@ def bench_pair(
         Both models' statistics, the ratio of medians and its bootstrap 95 % interval.
 
     Raises:
-        DeployforgeError: on invalid arguments or an unloadable model.
+        DeployforgeError: on an unloadable model.
     """
-    threads = validate_threads(threads)
-    _check_protocol(batch, runs, warmup_s, min_time_s)
-    sess_a = make_session(multi_branch, threads)
-    sess_b = make_session(reparameterized, threads)
-    feed_a = make_feed(sess_a, batch, seed, input_shape)
-    feed_b = make_feed(sess_b, batch, seed, input_shape)
-    run_a, run_b = _runner(sess_a, feed_a), _runner(sess_b, feed_b)
-    _warmup(run_a, warmup_s)
-    _warmup(run_b, warmup_s)
-    samples_a, samples_b = _time_interleaved([run_a, run_b], runs, min_time_s)
-    stats_a = LatencyStats.from_samples(samples_a, batch=batch, threads=threads, macs=macs_multi_branch)
-    stats_b = LatencyStats.from_samples(samples_b, batch=batch, threads=threads, macs=macs_reparameterized)
-    speedup = float(np.median(samples_a) / np.median(samples_b))
-    ci = bootstrap_ratio_of_medians(samples_a, samples_b, n_resamples=n_bootstrap, seed=seed)
+    stats_a, stats_b = time_models([baseline, deployed], protocol, [macs_baseline, macs_deployed], input_shape)
+    samples_a, samples_b = stats_a.samples_ms, stats_b.samples_ms
     return PairResult(
-        multi_branch=stats_a,
-        reparameterized=stats_b,
-        threads=threads,
-        speedup=speedup,
-        speedup_ci=ci,
+        baseline=stats_a,
+        deployed=stats_b,
+        threads=protocol.threads,
+        speedup=float(np.median(samples_a) / np.median(samples_b)),
+        speedup_ci=bootstrap_ratio_of_medians(samples_a, samples_b, n_resamples=n_bootstrap, seed=protocol.seed),
         n_bootstrap=n_bootstrap,
-        warning=thread_warning(threads),
+        warning=thread_warning(protocol.threads),
     )
+
+
+@dataclass
+class BenchRow:
+    """One model's deployed ONNX against one baseline at one thread count.
+
+    Attributes:
+        model: registry name.
+        against: the baseline (``multi-branch``, ``timm``).
+        size: the export's params and MACs.
+        pair: the interleaved timings.
+        rel_l2: the baseline's outputs against ours on the parity batch, where they were compared.
+    """
+
+    model: str
+    against: str
+    size: SizeReport
+    pair: PairResult
+    rel_l2: float | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-ready view."""
+        return {
+            "model": self.model,
+            "against": self.against,
+            "rel_l2": self.rel_l2,
+            "params": self.size.params_onnx,
+            "params_multibranch": self.size.params_onnx_multibranch,
+            "macs": self.size.macs_onnx,
+            **self.pair.as_dict(),
+        }
+
+
+def onnx_pair(directory: Path) -> tuple[Manifest, Path, Path]:
+    """The manifest, multi-branch ONNX and deployed ONNX of an export directory.
+
+    Raises:
+        DeployforgeError: no manifest, or the export has no ONNX pair.
+    """
+    manifest = read_manifest(directory)
+    name = manifest.model
+    multi, merged = directory / f"{name}.multibranch.onnx", directory / f"{name}.onnx"
+    if not (multi.is_file() and merged.is_file()):
+        raise DeployforgeError(
+            f"{directory} has no ONNX pair ({multi.name}, {merged.name}); run `deployforge export {name} --to onnx`"
+        )
+    return manifest, multi, merged
+
+
+def bench_export(
+    directory: Path, protocols: Sequence[TimingProtocol], progress: Callable[[str], None] = lambda _: None
+) -> list[BenchRow]:
+    """Time an export's multi-branch and deployed ONNX, interleaved, once per protocol (thread count).
+
+    Args:
+        directory: ``OUT/MODEL`` written by ``export`` with ONNX artifacts.
+        protocols: one timing protocol per row.
+        progress: called as each timing starts.
+
+    Returns:
+        One row per protocol.
+
+    Raises:
+        DeployforgeError: no ONNX pair, or an unloadable model.
+    """
+    manifest, multi, merged = onnx_pair(Path(directory))
+    rows = []
+    for protocol in protocols:
+        progress(f"{manifest.model}: timing at {protocol.threads} thread(s)")
+        pair = bench_pair(multi, merged, protocol, manifest.size.macs_onnx_multibranch, manifest.size.macs_onnx)
+        rows.append(BenchRow(manifest.model, Against.MULTI_BRANCH.value, manifest.size, pair))
+    return rows

@@ -1,4 +1,7 @@
-"""Errors the CLI turns into a one-line message and an exit code."""
+"""Errors the CLI turns into a one-line message and an exit code.
+
+Library errors speak of the domain (``Core ML precision``, ``input size``); only the CLI knows flag names.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,14 @@ class DeployforgeError(Exception):
     exit_code = 2
 
 
-class ParityError(DeployforgeError):
-    """A stage or artifact is outside its parity tolerance, or an artifact was altered; exit 1."""
+class InvalidSetting(DeployforgeError):
+    """A setting outside its allowed values.
 
-    exit_code = 1
+    Attributes:
+        setting: the setting's domain name (``precision``, ``input_size``, ``threads``); the CLI maps it to
+            its flag.
+    """
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting

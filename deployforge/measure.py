@@ -1,27 +1,63 @@
 """Parameters and MACs counted from the exported ONNX graph, cross-checked against torch.
 
 MACs are multiply-accumulates of Conv, Gemm and MatMul (attention included) at batch 1; elementwise
-ops are not counted (DESIGN section 3). onnx's shape inference supplies every tensor shape.
+ops are not counted (docs/design.md, "Model zoo sizes"). onnx's shape inference supplies every shape.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
 from torch import nn
 
+from .export.onnx import with_batch
 
-def _with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for value in (*fixed.graph.input, *fixed.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_value = batch
-    del fixed.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+
+@dataclass(frozen=True)
+class SizeReport:
+    """Parameters and MACs of one export, and the reference figures they are gated against.
+
+    Attributes:
+        params_train: parameters of the train-time (multi-branch) model.
+        params_reparameterized: parameters after reparameterizing alone (BatchNorm affines still counted).
+        params_deployed_torch: parameters of the fused and reparameterized torch model.
+        macs_torch: MACs per image of the deployed torch model (``torch.utils.flop_counter``).
+        reference_params_m: the variant's reference parameter count, millions.
+        reference_gmacs: the variant's reference MACs at its published input size, G.
+        params_onnx: weights the deployed ONNX graph computes with (``None`` without an ONNX export).
+        macs_onnx: MACs per image of the deployed ONNX graph.
+        params_onnx_multibranch: weights of the multi-branch ONNX graph.
+        macs_onnx_multibranch: MACs per image of the multi-branch ONNX graph.
+        onnx_nodes: nodes in the deployed ONNX graph.
+        onnx_batchnorm_nodes: BatchNormalization nodes left in the deployed ONNX graph.
+    """
+
+    params_train: int
+    params_reparameterized: int
+    params_deployed_torch: int
+    macs_torch: int
+    reference_params_m: float
+    reference_gmacs: float
+    params_onnx: int | None = None
+    macs_onnx: int | None = None
+    params_onnx_multibranch: int | None = None
+    macs_onnx_multibranch: int | None = None
+    onnx_nodes: int | None = None
+    onnx_batchnorm_nodes: int | None = None
+
+    @property
+    def params_deployed(self) -> int:
+        """Parameters of what is deployed: the ONNX graph's count when there is one, else torch's."""
+        return self.params_onnx if self.params_onnx is not None else self.params_deployed_torch
+
+    @property
+    def macs_deployed(self) -> int:
+        """MACs per image of what is deployed: the ONNX graph's count when there is one, else torch's."""
+        return self.macs_onnx if self.macs_onnx is not None else self.macs_torch
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
@@ -61,7 +97,9 @@ def onnx_macs(model: onnx.ModelProto) -> int:
     Raises:
         ValueError: a counted node's shape could not be inferred.
     """
-    shapes = _shapes(_with_batch(model, 1))
+    single = with_batch(model, 1)
+    del single.graph.value_info[:]
+    shapes = _shapes(onnx.shape_inference.infer_shapes(single, data_prop=True))
     total = 0
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul"):
@@ -96,8 +134,3 @@ def torch_macs(model: nn.Module, example: torch.Tensor) -> int:
 def torch_params(model: nn.Module) -> int:
     """Number of parameters (buffers excluded)."""
     return int(sum(p.numel() for p in model.parameters()))
-
-
-def relative_gap(a: float, b: float) -> float:
-    """``|a − b| / b``."""
-    return float(abs(a - b) / b) if b else float(np.inf)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-# DESIGN section 4: eager stages and ONNX within 1e-5; Core ML FP32 1e-4; FP16 1e-2 with top-1 ≥ 0.95.
+# docs/design.md, "Parity and tolerances": eager stages and ONNX within 1e-5; Core ML FP32 1e-4, FP16 1e-2
+# with top-1 agreement ≥ 0.95.
 TOLERANCES: dict[str, float] = {"eager": 1e-5, "onnx": 1e-5, "coreml-fp32": 1e-4, "coreml-fp16": 1e-2}
 MIN_TOP1_FP16 = 0.95
 
 
-@dataclass
+@dataclass(frozen=True)
 class Parity:
     """Agreement of a candidate with the original on one batch.
 
@@ -22,6 +23,7 @@ class Parity:
         top1: fraction of inputs whose arg-max class agrees.
         top5: mean overlap of the top-5 class sets.
         tolerance: the rel-L2 bound this stage must meet.
+        ok: rel-L2 is within tolerance (NaN never is).
     """
 
     rel_l2: float
@@ -30,15 +32,7 @@ class Parity:
     top1: float
     top5: float
     tolerance: float
-
-    @property
-    def ok(self) -> bool:
-        """True when rel-L2 is within tolerance (NaN never is)."""
-        return bool(self.rel_l2 <= self.tolerance)
-
-    def as_dict(self) -> dict:
-        """JSON-ready view including ``ok``."""
-        return {**asdict(self), "ok": self.ok}
+    ok: bool
 
 
 def compare(candidate: np.ndarray, original: np.ndarray, tolerance: float) -> Parity:
@@ -68,4 +62,5 @@ def compare(candidate: np.ndarray, original: np.ndarray, tolerance: float) -> Pa
         top1=float(np.mean(a.argmax(1) == b.argmax(1))),
         top5=float(overlap),
         tolerance=tolerance,
+        ok=bool(rel <= tolerance),
     )

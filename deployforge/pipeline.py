@@ -7,88 +7,73 @@ every stage is within tolerance, so a failed or interrupted run leaves nothing b
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
-from .errors import DeployforgeError
+from .errors import InvalidSetting
 from .export import onnx as onnx_export
-from .fuse import fuse_batchnorm
-from .manifest import artifact_digest, tool_versions, write_manifest
-from .measure import onnx_macs, onnx_params, torch_macs, torch_params
-from .parity import TOLERANCES, Parity, compare
+from .fuse import FuseReport, fuse_batchnorm
+from .manifest import (
+    SCHEMA_VERSION,
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    ParityInputs,
+    WeightsSource,
+    artifact_digest,
+    sha256_file,
+    tool_versions,
+)
+from .measure import SizeReport, onnx_macs, onnx_params, torch_macs, torch_params
+from .options import ExportSettings
+from .parity import TOLERANCES, compare
 from .registry import ModelSpec
 from .reparam import reparameterize
+from .report import (
+    CaptureDetails,
+    FuseDetails,
+    MergeDetails,
+    OnnxDetails,
+    Report,
+    StageRecord,
+    breaches_of,
+)
+from .staging import staged
 from .stress import stress_weights
-from .trace import trace
-from .weights import load_weights, sha256_file
+from .trace import Traced, trace
+from .weights import load_weights
 
-TARGETS = ("onnx", "coreml", "all")
 PARITY_BATCH = 8
-DEFAULT_SEED = 0
+DEFAULT_SEED = 0  # seed of the random weights
+PARITY_SEED = 1  # seed of the parity inputs
+PARITY_DISTRIBUTION = "N(0, 1)"
 
 Progress = Callable[[str], None]
 
 
 @dataclass
-class StageRecord:
-    """One row of the parity waterfall.
+class StageOutputs:
+    """The models the eager stages produced, and what each changed.
 
     Attributes:
-        stage: stage name (``fuse``, ``reparameterize``, ``trace``, ``onnx``, ...).
-        parity: agreement with the original, or ``None`` where numerics cannot be run here.
-        details: what the stage changed (counts, paths, capture method).
+        fused: the original with BatchNorms folded.
+        fuse_report: the folds made and the BatchNorms left.
+        reparameterized: the fused model with its branches merged.
+        traced: the captured graph of the reparameterized model.
     """
 
-    stage: str
-    parity: Parity | None
-    details: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        """JSON-ready view."""
-        return {"stage": self.stage, "parity": self.parity.as_dict() if self.parity else None, **self.details}
-
-
-@dataclass
-class Report:
-    """Result of an export or a verification.
-
-    Attributes:
-        model: registry name.
-        stages: the parity waterfall, in pipeline order.
-        breaches: human-readable failures (stage over tolerance, altered artifact, bad spec).
-        card: the manifest content (export) or the manifest read back (verify).
-        directory: where the artifacts are.
-    """
-
-    model: str
-    stages: list[StageRecord]
-    breaches: list[str]
-    card: dict
-    directory: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing breached."""
-        return not self.breaches
-
-    def as_dict(self) -> dict:
-        """JSON-ready view."""
-        return {
-            "model": self.model,
-            "ok": self.ok,
-            "directory": str(self.directory) if self.directory else None,
-            "breaches": self.breaches,
-            "stages": [s.as_dict() for s in self.stages],
-        }
+    fused: nn.Module
+    fuse_report: FuseReport
+    reparameterized: nn.Module
+    traced: Traced
 
 
 def _noop(_: str) -> None:
@@ -111,33 +96,41 @@ def build_original(spec: ModelSpec, weights: Path | None, seed: int = DEFAULT_SE
     return model.eval()
 
 
-def parity_inputs(input_size: int, count: int = PARITY_BATCH, seed: int = DEFAULT_SEED) -> torch.Tensor:
+def weights_source(weights: Path | None, seed: int = DEFAULT_SEED) -> WeightsSource:
+    """Describe where the weights of an export come from."""
+    if weights is None:
+        return WeightsSource(f"random, stressed BN statistics and layer scales (seed {seed})", None, seed)
+    return WeightsSource(str(Path(weights).resolve()), sha256_file(Path(weights)), seed)
+
+
+def parity_inputs(input_size: int, count: int = PARITY_BATCH, seed: int = PARITY_SEED) -> torch.Tensor:
     """A reproducible batch of normalized-image-like inputs ``N(0, 1)`` of shape ``(count, 3, H, H)``."""
-    generator = torch.Generator().manual_seed(seed + 1)
+    generator = torch.Generator().manual_seed(seed)
     return torch.randn(count, 3, input_size, input_size, generator=generator)
 
 
-def _logits(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
+def logits(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
+    """Run ``model`` on ``inputs`` without gradients; return the outputs as a numpy array."""
     with torch.no_grad():
         return model(inputs).numpy()
 
 
 def eager_stages(
     original: nn.Module, inputs: torch.Tensor, reference: np.ndarray, progress: Progress = _noop
-) -> tuple[dict[str, object], list[StageRecord]]:
+) -> tuple[StageOutputs, list[StageRecord]]:
     """Run fuse, reparameterize and trace, comparing each against ``reference`` (the original's logits).
 
     Returns:
-        The stage outputs (``fused``, ``reparameterized``, ``traced``) and their waterfall rows.
+        The stage outputs and their waterfall rows.
     """
-    probe = inputs[:2]
+    probe, tolerance = inputs[:2], TOLERANCES["eager"]
     progress("fuse BatchNorm")
     fused, fuse_report = fuse_batchnorm(original, probe)
     rows = [
         StageRecord(
             "fuse",
-            compare(_logits(fused, inputs), reference, TOLERANCES["eager"]),
-            {"bns_folded": len(fuse_report.folded), "bns_left_for_merge": len(fuse_report.skipped)},
+            compare(logits(fused, inputs), reference, tolerance),
+            FuseDetails(bns_folded=len(fuse_report.folded), bns_left_for_merge=len(fuse_report.skipped)),
         )
     ]
     progress("reparameterize branches")
@@ -145,12 +138,10 @@ def eager_stages(
     rows.append(
         StageRecord(
             "reparameterize",
-            compare(_logits(merged, inputs), reference, TOLERANCES["eager"]),
-            {
-                "branches_merged": count.branches,
-                "layer_scales_folded": count.layer_scales,
-                "norms_folded": count.norms,
-            },
+            compare(logits(merged, inputs), reference, tolerance),
+            MergeDetails(
+                branches_merged=count.branches, layer_scales_folded=count.layer_scales, norms_folded=count.norms
+            ),
         )
     )
     progress("trace (torch.export, dynamic batch)")
@@ -158,28 +149,24 @@ def eager_stages(
     rows.append(
         StageRecord(
             "trace",
-            compare(_logits(traced.module(), inputs), reference, TOLERANCES["eager"]),
-            {"path": traced.path, "fallback_reason": traced.fallback_reason},
+            compare(logits(traced.module(), inputs), reference, tolerance),
+            CaptureDetails(capture=traced.capture, fallback_reason=traced.fallback_reason),
         )
     )
-    return {"fused": fused, "reparameterized": merged, "traced": traced}, rows
+    return StageOutputs(fused, fuse_report, merged, traced), rows
 
 
 def onnx_record(
-    stage: str, source: Path | bytes, inputs: torch.Tensor, reference: np.ndarray, **details
+    stage: str,
+    source: Path | bytes,
+    inputs: torch.Tensor,
+    reference: np.ndarray,
+    details: OnnxDetails | None = None,
+    file: str | None = None,
 ) -> StageRecord:
     """Run an ONNX model with onnxruntime and compare it with the original's logits."""
     outputs = onnx_export.run_onnx(source, inputs.numpy())
-    return StageRecord(stage, compare(outputs, reference, TOLERANCES["onnx"]), details)
-
-
-def breaches_of(rows: list[StageRecord]) -> list[str]:
-    """Every stage over tolerance, in pipeline order."""
-    return [
-        f"{r.stage}: rel-L2 {r.parity.rel_l2:.3g} > {r.parity.tolerance:g}"
-        for r in rows
-        if r.parity is not None and not r.parity.ok
-    ]
+    return StageRecord(stage, compare(outputs, reference, TOLERANCES["onnx"]), details or OnnxDetails(), file=file)
 
 
 def _check_writable(out: Path) -> None:
@@ -188,217 +175,156 @@ def _check_writable(out: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".deployforge-probe"):
             pass
     except OSError as error:
-        raise DeployforgeError(
-            f"output directory {out} is not writable ({error.strerror}); pass --out to a writable directory"
+        raise InvalidSetting(
+            "out", f"output directory {out} is not writable ({error.strerror}); choose a writable directory"
         ) from None
 
 
-def _onnx_artifacts(
-    spec: ModelSpec,
-    stage_models: dict,
-    original: nn.Module,
-    inputs: torch.Tensor,
-    reference: np.ndarray,
-    staging: Path,
-    opset: int,
-    batch: int | None,
-    progress: Progress,
-) -> tuple[list[StageRecord], dict]:
-    probe = inputs[:2]
-    progress("export ONNX (reparameterized)")
-    model = onnx_export.export_onnx(stage_models["traced"], probe, opset)
-    if batch is not None:
-        model = _fix_batch(model, batch)
-    rows = [onnx_record("onnx", model.SerializeToString(), inputs[: batch or None], reference[: batch or None])]
-    simplified, note = onnx_export.simplify(model)
+@dataclass
+class _Run:
+    """What every artifact step of one export reads."""
+
+    spec: ModelSpec
+    settings: ExportSettings
+    original: nn.Module
+    stages: StageOutputs
+    inputs: torch.Tensor
+    reference: np.ndarray
+    staging: Path
+    progress: Progress
+
+    @property
+    def batch_slice(self) -> slice:
+        return slice(self.settings.batch)
+
+
+def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], dict[str, int]]:
+    spec, settings, probe = run.spec, run.settings, run.inputs[:2]
+    inputs, reference = run.inputs[run.batch_slice], run.reference[run.batch_slice]
+    run.progress("export ONNX (reparameterized)")
+    model = onnx_export.export_onnx(run.stages.traced, probe, settings.opset, settings.batch)
+    rows = [onnx_record("onnx", model.SerializeToString(), inputs, reference)]
+    simplified, note = onnx_export.simplify(model, settings.batch)
     if simplified is not None:
-        candidate = onnx_record(
-            "onnxsim", simplified.SerializeToString(), inputs[: batch or None], reference[: batch or None]
-        )
+        candidate = onnx_record("onnxsim", simplified.SerializeToString(), inputs, reference)
         if candidate.parity.ok:
-            model, rows = simplified, [*rows, candidate]
+            model = simplified
+            rows.append(candidate)
         else:
             note += f"; discarded (rel-L2 {candidate.parity.rel_l2:.3g})"
-    rows[-1].details.update({"opset": opset, "ir_version": model.ir_version, "simplify": note})
-    onnx_export.save_onnx(model, staging / f"{spec.name}.onnx")
+    name = f"{spec.name}.onnx"
+    details = OnnxDetails(opset=settings.opset, ir_version=model.ir_version, simplify=note)
+    rows[-1] = replace(rows[-1], details=details, file=name)
+    onnx_export.save_onnx(model, run.staging / name)
 
-    progress("export ONNX (multi-branch original, for bench)")
-    original_trace = trace(original, probe)
-    multi = onnx_export.export_onnx(original_trace, probe, opset)
-    if batch is not None:
-        multi = _fix_batch(multi, batch)
-    onnx_export.save_onnx(multi, staging / f"{spec.name}.multibranch.onnx")
-    rows.append(
-        onnx_record(
-            "onnx-multibranch",
-            staging / f"{spec.name}.multibranch.onnx",
-            inputs[: batch or None],
-            reference[: batch or None],
-        )
-    )
-    size = {
-        "params_onnx": onnx_params(model),
-        "macs_onnx": onnx_macs(model),
+    run.progress("export ONNX (multi-branch original, for bench)")
+    multi_name = f"{spec.name}.multibranch.onnx"
+    multi = onnx_export.export_onnx(trace(run.original, probe), probe, settings.opset, settings.batch)
+    onnx_export.save_onnx(multi, run.staging / multi_name)
+    rows.append(onnx_record("onnx-multibranch", run.staging / multi_name, inputs, reference, file=multi_name))
+    return rows, _onnx_sizes(model, multi)
+
+
+def _onnx_sizes(deployed: onnx.ModelProto, multi: onnx.ModelProto) -> dict[str, int]:
+    return {
+        "params_onnx": onnx_params(deployed),
+        "macs_onnx": onnx_macs(deployed),
         "params_onnx_multibranch": onnx_params(multi),
         "macs_onnx_multibranch": onnx_macs(multi),
-        "onnx_nodes": len(model.graph.node),
-        "onnx_batchnorm_nodes": sum(n.op_type == "BatchNormalization" for n in model.graph.node),
+        "onnx_nodes": len(deployed.graph.node),
+        "onnx_batchnorm_nodes": sum(n.op_type == "BatchNormalization" for n in deployed.graph.node),
     }
-    return rows, size
 
 
-def _fix_batch(model, batch: int):
-    for value in (*model.graph.input, *model.graph.output):
-        dim = value.type.tensor_type.shape.dim[0]
-        dim.Clear()
-        dim.dim_value = batch
-    return onnx_export.finalize(model)
-
-
-def _coreml_artifact(
-    spec: ModelSpec,
-    merged: nn.Module,
-    input_size: int,
-    staging: Path,
-    precision: str,
-    batch: int | None,
-    progress: Progress,
-) -> StageRecord:
+def _coreml_artifact(run: _Run, input_size: int) -> StageRecord:
     from .export.coreml import describe_package, export_coreml
 
-    progress(f"export Core ML ({precision})")
-    example = parity_inputs(input_size, count=batch or 1)
-    path = staging / f"{spec.name}.mlpackage"
-    done = export_coreml(merged, example, path, precision)
-    described = describe_package(path)
-    return StageRecord(
-        f"coreml-{precision}",
-        None,
-        {**done, "spec": described, "numerics": "not run here: Core ML predicts only on macOS"},
-    )
+    precision = run.settings.precision
+    run.progress(f"export Core ML ({precision.value})")
+    name = f"{run.spec.name}.mlpackage"
+    example = parity_inputs(input_size, count=run.settings.batch or 1)
+    details = export_coreml(run.stages.reparameterized, example, run.staging / name, precision)
+    package = describe_package(run.staging / name)
+    return StageRecord(f"coreml-{precision.value}", None, replace(details, package=package), file=name)
 
 
 def export(
     spec: ModelSpec,
-    to: str = "all",
+    settings: ExportSettings | None = None,
     out: Path = Path("deployforge-out"),
     weights: Path | None = None,
-    precision: str = "fp16",
-    opset: int = onnx_export.DEFAULT_OPSET,
-    batch: int | None = None,
-    input_size: int | None = None,
     progress: Progress = _noop,
 ) -> Report:
     """Run the whole pipeline for ``spec`` and write ``OUT/MODEL/`` (artifacts + manifest.json).
 
     Args:
         spec: the registered model.
-        to: ``onnx``, ``coreml`` or ``all``.
+        settings: target, precision, opset, batch and input size (default: ``ExportSettings()``).
         out: output root; the model's directory is replaced as a whole on success.
         weights: a checkpoint to load strictly, or ``None`` for seeded random weights.
-        precision: Core ML compute precision, ``fp16`` or ``fp32``.
-        opset: ONNX opset.
-        batch: fixed batch size, or ``None`` for a dynamic batch (Core ML then uses batch 1).
-        input_size: square input side (default: the variant's published size).
         progress: called with a short description as each stage starts.
 
     Returns:
         The report; ``report.ok`` is False (and nothing is written) if any stage breached tolerance.
 
     Raises:
-        DeployforgeError: bad arguments, unreadable or mismatched weights, unwritable output.
+        DeployforgeError: unreadable or mismatched weights, unwritable output.
     """
-    if to not in TARGETS:
-        raise DeployforgeError(f"unknown --to '{to}'; choose one of {', '.join(TARGETS)}")
-    if precision not in ("fp16", "fp32"):
-        raise DeployforgeError(f"unknown --precision '{precision}'; choose fp16 or fp32")
-    if batch is not None and batch < 1:
-        raise DeployforgeError(f"--batch must be a positive integer or 'dynamic', got {batch}")
-    input_size = input_size or spec.input_size
+    settings = settings or ExportSettings()
+    input_size = settings.input_size or spec.input_size
     out = Path(out)
     started = time.time()
     progress("build the multi-branch original")
     original = build_original(spec, weights)  # bad weights fail before anything is created on disk
     _check_writable(out)
     inputs = parity_inputs(input_size)
-    reference = _logits(original, inputs)
-    stage_models, rows = eager_stages(original, inputs, reference, progress)
-    merged = stage_models["reparameterized"]
+    reference = logits(original, inputs)
+    outputs, rows = eager_stages(original, inputs, reference, progress)
 
-    staging_root = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".tmp", dir=out))
-    staging = staging_root / spec.name
-    staging.mkdir()
-    try:
-        size = {
-            "params_train": torch_params(original),
-            "params_reparam_torch": torch_params(reparameterize(original)[0]),
-            "params_deployed_torch": torch_params(merged),
-            "macs_torch": torch_macs(merged, inputs[:1]),
-        }
-        if to in ("onnx", "all"):
-            onnx_rows, onnx_size = _onnx_artifacts(
-                spec, stage_models, original, inputs, reference, staging, opset, batch, progress
-            )
+    with staged(out / spec.name) as stage:
+        stage.path.mkdir()
+        run = _Run(spec, settings, original, outputs, inputs, reference, stage.path, progress)
+        onnx_sizes: dict[str, int] = {}
+        if settings.target.writes_onnx:
+            onnx_rows, onnx_sizes = _onnx_artifacts(run)
             rows += onnx_rows
-            size |= onnx_size
-        if to in ("coreml", "all"):
-            rows.append(_coreml_artifact(spec, merged, input_size, staging, precision, batch, progress))
-        breaches = breaches_of(rows)
-        card = _card(spec, rows, size, weights, input_size, batch, precision, staging, started)
-        report = Report(spec.name, rows, breaches, card)
-        if breaches:
-            return report
-        write_manifest(staging, card)
-        final = out / spec.name
-        if final.exists():
-            trash = staging_root / ".previous"
-            os.replace(final, trash)
-        os.replace(staging, final)
-        report.directory = final
+        if settings.target.writes_coreml:
+            rows.append(_coreml_artifact(run, input_size))
+        size = SizeReport(
+            params_train=torch_params(original),
+            params_reparameterized=torch_params(reparameterize(original)[0]),
+            params_deployed_torch=torch_params(outputs.reparameterized),
+            macs_torch=torch_macs(outputs.reparameterized, inputs[:1]),
+            reference_params_m=spec.reference.params_m,
+            reference_gmacs=spec.reference.gmacs,
+            **onnx_sizes,
+        )
+        batch_dim = settings.batch if settings.batch is not None else onnx_export.BATCH_DIM
+        manifest = Manifest(
+            schema=SCHEMA_VERSION,
+            model=spec.name,
+            family=spec.family,
+            settings=ExportSettings(settings.target, settings.precision, settings.opset, settings.batch, input_size),
+            input=InputSpec(
+                name=onnx_export.INPUT_NAME,
+                shape=(batch_dim, 3, input_size, input_size),
+                dtype="float32",
+                layout="NCHW, RGB scaled to [0, 1] then normalized",
+                mean=tuple(spec.mean),
+                std=tuple(spec.std),
+            ),
+            output=OutputSpec(name=onnx_export.OUTPUT_NAME, shape=(batch_dim, "classes")),
+            weights=weights_source(weights),
+            parity_inputs=ParityInputs(count=PARITY_BATCH, distribution=PARITY_DISTRIBUTION, seed=PARITY_SEED),
+            stages=tuple(rows),
+            size=size,
+            tools=tool_versions(),
+            artifacts={p.name: artifact_digest(p) for p in sorted(stage.path.iterdir())},
+            seconds=round(time.time() - started, 1),
+        )
+        report = Report(spec.name, rows, breaches_of(rows), manifest)
+        if report.ok:
+            manifest.write(stage.path)
+            stage.commit()
+            report.directory = out / spec.name
         return report
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
-
-
-def _card(
-    spec: ModelSpec,
-    rows: list[StageRecord],
-    size: dict,
-    weights: Path | None,
-    input_size: int,
-    batch: int | None,
-    precision: str,
-    staging: Path,
-    started: float,
-) -> dict:
-    batch_dim = batch if batch is not None else "batch"
-    return {
-        "model": spec.name,
-        "family": spec.family,
-        "input": {
-            "name": onnx_export.INPUT_NAME,
-            "shape": [batch_dim, 3, input_size, input_size],
-            "dtype": "float32",
-            "layout": "NCHW, RGB scaled to [0, 1] then normalized",
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-        },
-        "output": {"name": onnx_export.OUTPUT_NAME, "shape": [batch_dim, "classes"]},
-        "weights": (
-            {"source": str(Path(weights).resolve()), "sha256": sha256_file(Path(weights))}
-            if weights is not None
-            else {"source": f"random, stressed BN statistics and layer scales (seed {DEFAULT_SEED})", "sha256": None}
-        ),
-        "seed": DEFAULT_SEED,
-        "precision": precision,
-        "parity_inputs": {"count": PARITY_BATCH, "distribution": "N(0, 1)", "seed": DEFAULT_SEED + 1},
-        "stages": [r.as_dict() for r in rows],
-        "size": {
-            **size,
-            "reference_params_m": spec.params_m,
-            "reference_gmacs_at_published_size": spec.gmacs,
-        },
-        "tools": tool_versions(),
-        "artifacts": {p.name: artifact_digest(p) for p in sorted(staging.iterdir())},
-        "seconds": round(time.time() - started, 1),
-    }

@@ -1,107 +1,50 @@
-"""Model registry: every shipped variant, as data, with the facts the pipeline needs."""
+"""Model lookup: every shipped variant by name or family, with errors that suggest the fix.
+
+The records themselves (:class:`ModelSpec`, :class:`ReferenceSize`) and the registry that refuses a name
+twice live in :mod:`deployforge.models.spec`; they are re-exported here. Importing this module stays cheap:
+the models (and torch) load on the first lookup or the first use of a re-exported name.
+"""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING
 
 from .errors import DeployforgeError
 
 if TYPE_CHECKING:
-    from torch import nn
+    from deployforge.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, ReferenceSize, Registry
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelSpec", "ReferenceSize", "get_spec", "list_models"]
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One registered model variant.
-
-    Attributes:
-        name: registry name (``fastvit_t8``).
-        family: family name (``fastvit``).
-        builder: returns the train-time (multi-branch) ``nn.Module`` with random weights.
-        input_size: square input side the variant is published at.
-        params_m: reference parameter count (millions) of the reparameterized model, measured on the
-            reference implementation; the size gate compares against it.
-        gmacs: reference multiply-accumulates (G) at ``input_size``, batch 1.
-        published_params_m: the paper's figure, for the docs.
-        published_gmacs: the paper's figure, for the docs.
-        timm_name: the same architecture in timm, if timm ships it (the external oracle).
-        key_map: maps a timm/reference state dict onto ours (identity when names agree).
-        mean: input normalization mean.
-        std: input normalization std.
-    """
-
-    name: str
-    family: str
-    builder: Callable[[], nn.Module]
-    input_size: int
-    params_m: float
-    gmacs: float
-    published_params_m: float | None = None
-    published_gmacs: float | None = None
-    timm_name: str | None = None
-    key_map: Callable[[Mapping], dict] | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    notes: str = field(default="", compare=False)
-
-    def build(self) -> nn.Module:
-        """Return a fresh train-time model in eval mode."""
-        return self.builder().eval()
+_REEXPORTED = frozenset({"IMAGENET_MEAN", "IMAGENET_STD", "ModelSpec", "ReferenceSize"})
 
 
-def variant_specs(
-    family: str,
-    build: Callable[[str], nn.Module],
-    sizes: Mapping[str, tuple[float, ...]],
-    input_size: int,
-    **shared: object,
-) -> list[ModelSpec]:
-    """One spec per variant of a family whose variants share everything but their name and figures.
+def __getattr__(name: str) -> object:
+    """Resolve the re-exported names of :mod:`deployforge.models.spec` on first use."""
+    if name in _REEXPORTED:
+        from deployforge.models import spec  # lazy: importing models imports torch
 
-    Args:
-        family: the family name.
-        build: ``build(name)`` returns the train-time variant.
-        sizes: ``name -> (params_m, gmacs[, published_params_m, published_gmacs])``; the timm name is
-            the registry name.
-        input_size: the family's published input side.
-        **shared: further ModelSpec fields common to every variant (``key_map``, ``mean``, ``std``).
-    """
-    specs = []
-    for name, (params_m, gmacs, *published) in sizes.items():
-        published_params_m, published_gmacs = (*published, None, None)[:2]
-        specs.append(
-            ModelSpec(
-                name=name,
-                family=family,
-                builder=partial(build, name),
-                input_size=input_size,
-                params_m=params_m,
-                gmacs=gmacs,
-                published_params_m=published_params_m,
-                published_gmacs=published_gmacs,
-                timm_name=name,
-                **shared,
-            )
-        )
-    return specs
+        return getattr(spec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _all_specs() -> dict[str, ModelSpec]:
-    from deployforge.models import MODEL_SPECS  # lazy: importing models imports torch
+def _registry() -> Registry:
+    from deployforge.models import REGISTRY  # lazy: importing models imports torch
 
-    return {spec.name: spec for spec in MODEL_SPECS}
+    return REGISTRY
 
 
 def list_models(family: str | None = None) -> list[ModelSpec]:
-    """Return every registered spec (optionally of one family), in registration order."""
-    specs = list(_all_specs().values())
+    """Return every registered spec (optionally of one family), in registration order.
+
+    Args:
+        family: keep only this family's variants (``fastvit``, ...), or ``None`` for all.
+
+    Raises:
+        DeployforgeError: no registered model is of ``family``; the message lists the families.
+    """
+    specs = list(_registry())
     if family is not None:
         families = sorted({s.family for s in specs})
         if family not in families:
@@ -113,12 +56,15 @@ def list_models(family: str | None = None) -> list[ModelSpec]:
 def get_spec(name: str) -> ModelSpec:
     """Return the spec called ``name``.
 
+    Args:
+        name: a registered model name (``fastvit_t8``).
+
     Raises:
         DeployforgeError: unknown name; the message suggests the closest registered names.
     """
-    specs = _all_specs()
-    if name in specs:
-        return specs[name]
-    close = difflib.get_close_matches(name, specs, n=3, cutoff=0.5)
+    registry = _registry()
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, registry.names(), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "run `deployforge list` to see every model"
     raise DeployforgeError(f"unknown model '{name}'; {hint}")

@@ -1,7 +1,7 @@
 """Weights far from their init values, so parity checks cannot pass by accident.
 
 Identity-like init (BN mean 0, var 1, γ 1, tiny layer scales) hides fusion bugs: a wrong fold of an
-identity BN is still an identity. DESIGN section 4 fixes the distributions used here.
+identity BN is still an identity. docs/design.md, "Parity and tolerances", fixes the distributions used here.
 """
 
 from __future__ import annotations

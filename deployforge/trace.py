@@ -1,17 +1,26 @@
-"""Stage 3: capture the reparameterized model as a graph with a dynamic batch dimension.
+"""Stage 3: capture the reparameterized model as a graph.
 
 ``torch.export`` is the primary path (it converts to both ONNX and Core ML for every shipped family).
-If it fails, ``torch.jit.trace`` is the fallback; the report says which path was used and why.
+If it fails, ``torch.jit.trace`` is the fallback; the record says which method was used and why. The
+same :func:`capture` serves the trace stage (dynamic batch) and the Core ML export (fixed shape).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-MAX_BATCH = 1024
+from .options import MAX_BATCH
+
+
+class Capture(str, enum.Enum):
+    """How a model was captured as a graph."""
+
+    TORCH_EXPORT = "torch.export"
+    JIT_TRACE = "torch.jit.trace"
 
 
 @dataclass
@@ -19,44 +28,65 @@ class Traced:
     """A captured graph.
 
     Attributes:
-        path: ``"torch.export"`` or ``"torch.jit.trace"``.
-        program: the ExportedProgram (torch.export path) or ScriptModule (fallback).
-        fallback_reason: why torch.export was not used, if it was not.
+        capture: the method used.
+        program: the ExportedProgram (``torch.export``) or ScriptModule (``torch.jit.trace``).
+        fallback_reason: why ``torch.export`` was not used, if it was not.
     """
 
-    path: str
+    capture: Capture
     program: object
     fallback_reason: str | None = None
 
     def module(self) -> nn.Module:
         """Return a callable module running the captured graph."""
-        if self.path == "torch.export":
+        if self.capture is Capture.TORCH_EXPORT:
             return self.program.module()
         return self.program
 
 
-def trace(model: nn.Module, example: torch.Tensor) -> Traced:
-    """Capture ``model`` on ``example`` with the batch dimension dynamic.
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def capture(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = True) -> Traced:
+    """Capture ``model`` on ``example`` with ``torch.export``, falling back to ``torch.jit.trace``.
 
     Args:
-        model: the eval-mode model (not modified).
-        example: an input with batch ≥ 2 (a batch of 1 would be specialized as a constant).
+        model: the model; captured in eval mode, its train/eval mode is restored afterwards.
+        example: an input of the shape to capture; with ``dynamic_batch`` a batch of 1 is expanded to 2
+            (a batch of 1 would be specialized as a constant).
+        dynamic_batch: mark dimension 0 dynamic (``1..MAX_BATCH``); otherwise every shape is fixed.
 
     Returns:
-        The captured graph and the path used.
+        The captured graph, the method used and, for the fallback, why ``torch.export`` failed.
     """
-    if example.shape[0] < 2:
-        example = example.expand(2, *example.shape[1:]).contiguous()
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    dynamic_shapes = None
+    if dynamic_batch:
+        if example.shape[0] < 2:
+            example = example.expand(2, *example.shape[1:]).contiguous()
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
     was_training = model.training
     model.eval()
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        return Traced("torch.export", program)
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+        return Traced(Capture.TORCH_EXPORT, program)
     except Exception as error:  # noqa: BLE001 - any export failure selects the documented fallback
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         with torch.no_grad():
             scripted = torch.jit.trace(model, example, check_trace=False)
-        return Traced("torch.jit.trace", scripted, fallback_reason=reason)
+        return Traced(Capture.JIT_TRACE, scripted, fallback_reason=_first_line(error))
     finally:
         model.train(was_training)
+
+
+def trace(model: nn.Module, example: torch.Tensor) -> Traced:
+    """Stage 3: :func:`capture` with the batch dimension dynamic.
+
+    Args:
+        model: the eval-mode model (not modified).
+        example: an input (any batch).
+
+    Returns:
+        The captured graph and the method used.
+    """
+    return capture(model, example, dynamic_batch=True)

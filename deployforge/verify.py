@@ -4,34 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .errors import DeployforgeError
-from .manifest import MANIFEST, artifact_digest, read_manifest
-from .pipeline import (
-    Progress,
-    Report,
-    StageRecord,
-    breaches_of,
-    build_original,
-    eager_stages,
-    onnx_record,
-    parity_inputs,
-)
+from .manifest import Manifest, artifact_digest, read_manifest, sha256_file
+from .pipeline import Progress, build_original, eager_stages, logits, onnx_record, parity_inputs
 from .registry import get_spec
-from .weights import sha256_file
+from .report import OnnxDetails, Report, StageRecord, breaches_of
 
 
-def find_model_dirs(root: Path) -> list[Path]:
-    """Every directory at or directly under ``root`` that holds a manifest, sorted."""
-    root = Path(root)
-    if (root / MANIFEST).is_file():
-        return [root]
-    return sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
-
-
-def _weights_of(card: dict) -> Path | None:
-    source, digest = card["weights"]["source"], card["weights"]["sha256"]
+def _weights_of(manifest: Manifest) -> Path | None:
+    source, digest = manifest.weights.source, manifest.weights.sha256
     if digest is None:
         return None
     path = Path(source)
@@ -42,28 +23,32 @@ def _weights_of(card: dict) -> Path | None:
     return path
 
 
-def _check_package(path: Path, card: dict) -> StageRecord:
+def _package_problems(path: Path, manifest: Manifest) -> tuple[object, str | None]:
     from .export.coreml import describe_package
 
-    stage = f"coreml-{card.get('precision', 'fp16')}"
     try:
-        spec = describe_package(path)
+        package = describe_package(path)
     except Exception as error:  # noqa: BLE001 - any load failure is a verification failure
-        return StageRecord(stage, None, {"error": f"cannot load {path.name}: {type(error).__name__}"})
+        return None, f"cannot load {path.name}: {type(error).__name__}"
     problems = []
-    name, out_name = card["input"]["name"], card["output"]["name"]
-    if list(spec["inputs"]) != [name]:
-        problems.append(f"inputs {list(spec['inputs'])} != ['{name}']")
-    elif spec["inputs"][name][1:] != card["input"]["shape"][1:]:
-        problems.append(f"input shape {spec['inputs'][name]} != {card['input']['shape']}")
-    if list(spec["outputs"]) != [out_name]:
-        problems.append(f"outputs {list(spec['outputs'])} != ['{out_name}']")
-    if spec["kind"] != "mlProgram":
-        problems.append(f"model type {spec['kind']} is not an ML program")
-    details = {"spec": spec, "numerics": "not run here: Core ML predicts only on macOS"}
-    if problems:
-        details["error"] = "; ".join(problems)
-    return StageRecord(stage, None, details)
+    name, out_name = manifest.input.name, manifest.output.name
+    if list(package.inputs) != [name]:
+        problems.append(f"inputs {list(package.inputs)} != ['{name}']")
+    elif package.inputs[name][1:] != manifest.input.shape[1:]:
+        problems.append(f"input shape {list(package.inputs[name])} != {list(manifest.input.shape)}")
+    if list(package.outputs) != [out_name]:
+        problems.append(f"outputs {list(package.outputs)} != ['{out_name}']")
+    if package.model_type != "mlProgram":
+        problems.append(f"model type {package.model_type} is not an ML program")
+    return package, "; ".join(problems) or None
+
+
+def _check_package(path: Path, manifest: Manifest) -> StageRecord:
+    from dataclasses import replace
+
+    exported = next(r for r in manifest.stages if r.file == path.name)
+    package, problem = _package_problems(path, manifest)
+    return StageRecord(exported.stage, None, replace(exported.details, package=package), path.name, problem)
 
 
 def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Report:
@@ -77,29 +62,26 @@ def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Re
         The report; ``breaches`` lists every altered artifact and every stage over tolerance.
 
     Raises:
-        DeployforgeError: no manifest, unknown model, or the export's weights file is gone.
+        DeployforgeError: no manifest, another schema, unknown model, or the export's weights file is gone.
     """
     directory = Path(directory)
-    card = read_manifest(directory)
-    spec = get_spec(card["model"])
+    manifest = read_manifest(directory)
+    spec = get_spec(manifest.model)
     breaches = []
     progress(f"{spec.name}: hash artifacts")
-    for name, digest in card["artifacts"].items():
+    for name, digest in manifest.artifacts.items():
         path = directory / name
         if not path.exists():
             breaches.append(f"{name}: missing")
         elif artifact_digest(path) != digest:
             breaches.append(f"{name}: sha256 differs from the manifest (the file changed after export)")
     progress(f"{spec.name}: rebuild the original and re-run the stages")
-    original = build_original(spec, _weights_of(card), card.get("seed", 0))
-    input_size = int(card["input"]["shape"][2])
-    inputs = parity_inputs(input_size, card["parity_inputs"]["count"], card["seed"])
-    with torch.no_grad():
-        reference = original(inputs).numpy()
+    original = build_original(spec, _weights_of(manifest), manifest.weights.seed)
+    inputs = parity_inputs(manifest.input.size, manifest.parity_inputs.count, manifest.parity_inputs.seed)
+    reference = logits(original, inputs)
     _, rows = eager_stages(original, inputs, reference, progress)
-    batch = card["input"]["shape"][0]
-    count = batch if isinstance(batch, int) else None
-    for name in card["artifacts"]:
+    count = manifest.input.fixed_batch
+    for name in manifest.artifacts:
         path = directory / name
         if not path.exists():
             continue
@@ -107,13 +89,10 @@ def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Re
             progress(f"{spec.name}: run {name} with onnxruntime")
             stage = "onnx-multibranch" if name.endswith(".multibranch.onnx") else "onnx"
             try:
-                rows.append(onnx_record(stage, path, inputs[:count], reference[:count], file=name))
+                rows.append(onnx_record(stage, path, inputs[:count], reference[:count], OnnxDetails(), file=name))
             except Exception as error:  # noqa: BLE001 - an unloadable artifact is a failed verification
                 breaches.append(f"{name}: onnxruntime cannot run it ({type(error).__name__})")
         elif name.endswith(".mlpackage"):
             progress(f"{spec.name}: load {name} spec")
-            record = _check_package(path, card)
-            rows.append(record)
-            if "error" in record.details:
-                breaches.append(f"{name}: {record.details['error']}")
-    return Report(spec.name, rows, breaches + breaches_of(rows), card, directory)
+            rows.append(_check_package(path, manifest))
+    return Report(spec.name, rows, breaches + breaches_of(rows), manifest, directory)

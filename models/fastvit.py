@@ -2,13 +2,13 @@
 
 Module names follow timm's ``fastvit_*`` so its state dicts load strictly without a key map. The
 published parameter counts are 5–10 % below what the released architecture gives; the registry gates
-on the measured column (see DESIGN section 3) and the README says so.
+on the figures measured on timm's models (see "Model zoo sizes" in docs/design.md) and the README says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
 
 import torch
 from torch import nn
@@ -27,9 +27,7 @@ from .blocks import (
     fold_layer_scale,
 )
 from .head import ClassifierHead
-
-if TYPE_CHECKING:
-    from deployforge.registry import ModelSpec
+from .spec import ModelSpec, ReferenceSize
 
 
 @dataclass(frozen=True)
@@ -160,35 +158,72 @@ class FastViT(nn.Module):
         return self.head(self.final_conv(self.stages(self.stem(x))))
 
 
-VARIANTS: dict[str, FastViTConfig] = {
-    "fastvit_t8": FastViTConfig((2, 2, 4, 2), (48, 96, 192, 384), 3),
-    "fastvit_t12": FastViTConfig((2, 2, 6, 2), (64, 128, 256, 512), 3),
-    "fastvit_s12": FastViTConfig((2, 2, 6, 2), (64, 128, 256, 512), 4),
-    "fastvit_sa12": FastViTConfig((2, 2, 6, 2), (64, 128, 256, 512), 4, attention_last=True),
-    "fastvit_sa24": FastViTConfig((4, 4, 12, 4), (64, 128, 256, 512), 4, attention_last=True),
-    "fastvit_sa36": FastViTConfig((6, 6, 18, 6), (64, 128, 256, 512), 4, attention_last=True, layer_scale_init=1e-6),
-    "fastvit_ma36": FastViTConfig((6, 6, 18, 6), (76, 152, 304, 608), 4, attention_last=True, layer_scale_init=1e-6),
-}
+INPUT_SIZE = 256
+SOURCE = (
+    "params and MACs measured on timm's fastvit_* of the same name, reparameterized, at 256 px; "
+    "published figures from the FastViT paper"
+)
+_fastvit = partial(ModelSpec, family="fastvit", builder=FastViT, input_size=INPUT_SIZE)
 
-# (measured params M, measured GMACs, published params M, published GMACs) at 256 px — DESIGN section 3
-SIZES: dict[str, tuple[float, float, float, float]] = {
-    "fastvit_t8": (3.996, 0.685, 3.6, 0.7),
-    "fastvit_t12": (7.509, 1.391, 6.8, 1.4),
-    "fastvit_s12": (9.429, 1.794, 8.8, 1.8),
-    "fastvit_sa12": (11.545, 1.937, 10.9, 1.9),
-    "fastvit_sa24": (21.501, 3.762, 20.6, 3.8),
-    "fastvit_sa36": (31.457, 5.587, 30.4, 5.6),
-    "fastvit_ma36": (43.985, 7.815, 42.7, 7.8),
-}
-
-
-def build(name: str) -> FastViT:
-    """Build the train-time FastViT variant ``name`` with random weights."""
-    return FastViT(VARIANTS[name])
-
-
-def specs() -> list[ModelSpec]:
-    """Registry entries for every fastvit variant."""
-    from deployforge.registry import variant_specs
-
-    return variant_specs("fastvit", build, SIZES, 256)
+SPECS: tuple[ModelSpec, ...] = (
+    _fastvit(
+        name="fastvit_t8",
+        config=FastViTConfig(layers=(2, 2, 4, 2), dims=(48, 96, 192, 384), mlp_ratio=3.0),
+        reference=ReferenceSize(
+            params_m=3.996, gmacs=0.685, published_params_m=3.6, published_gmacs=0.7, source=SOURCE
+        ),
+        timm_name="fastvit_t8",
+    ),
+    _fastvit(
+        name="fastvit_t12",
+        config=FastViTConfig(layers=(2, 2, 6, 2), dims=(64, 128, 256, 512), mlp_ratio=3.0),
+        reference=ReferenceSize(
+            params_m=7.509, gmacs=1.391, published_params_m=6.8, published_gmacs=1.4, source=SOURCE
+        ),
+        timm_name="fastvit_t12",
+    ),
+    _fastvit(
+        name="fastvit_s12",
+        config=FastViTConfig(layers=(2, 2, 6, 2), dims=(64, 128, 256, 512), mlp_ratio=4.0),
+        reference=ReferenceSize(
+            params_m=9.429, gmacs=1.794, published_params_m=8.8, published_gmacs=1.8, source=SOURCE
+        ),
+        timm_name="fastvit_s12",
+    ),
+    _fastvit(
+        name="fastvit_sa12",
+        config=FastViTConfig(layers=(2, 2, 6, 2), dims=(64, 128, 256, 512), mlp_ratio=4.0, attention_last=True),
+        reference=ReferenceSize(
+            params_m=11.545, gmacs=1.937, published_params_m=10.9, published_gmacs=1.9, source=SOURCE
+        ),
+        timm_name="fastvit_sa12",
+    ),
+    _fastvit(
+        name="fastvit_sa24",
+        config=FastViTConfig(layers=(4, 4, 12, 4), dims=(64, 128, 256, 512), mlp_ratio=4.0, attention_last=True),
+        reference=ReferenceSize(
+            params_m=21.501, gmacs=3.762, published_params_m=20.6, published_gmacs=3.8, source=SOURCE
+        ),
+        timm_name="fastvit_sa24",
+    ),
+    _fastvit(
+        name="fastvit_sa36",
+        config=FastViTConfig(
+            layers=(6, 6, 18, 6), dims=(64, 128, 256, 512), mlp_ratio=4.0, attention_last=True, layer_scale_init=1e-6
+        ),
+        reference=ReferenceSize(
+            params_m=31.457, gmacs=5.587, published_params_m=30.4, published_gmacs=5.6, source=SOURCE
+        ),
+        timm_name="fastvit_sa36",
+    ),
+    _fastvit(
+        name="fastvit_ma36",
+        config=FastViTConfig(
+            layers=(6, 6, 18, 6), dims=(76, 152, 304, 608), mlp_ratio=4.0, attention_last=True, layer_scale_init=1e-6
+        ),
+        reference=ReferenceSize(
+            params_m=43.985, gmacs=7.815, published_params_m=42.7, published_gmacs=7.8, source=SOURCE
+        ),
+        timm_name="fastvit_ma36",
+    ),
+)

@@ -15,16 +15,14 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
 
 import torch
 from torch import nn
 
 from .blocks import MobileOneBlock, SqueezeExcite
 from .head import ClassifierHead
-
-if TYPE_CHECKING:
-    from deployforge.registry import ModelSpec
+from .spec import ModelSpec, ReferenceSize
 
 BASE_WIDTHS = (64, 128, 256, 512)
 DEPTHS = (2, 8, 10, 1)  # (depthwise, pointwise) units per stage, the same for every variant
@@ -74,7 +72,8 @@ def _init_conv_weights(module: nn.Module) -> None:
     # sigmoid(z) amplifies float32 rounding about 2× per SE block: float32 runs of the same random-weight S4
     # drift 1e-4 … 4e-3 (rel-L2) from float64, so eager, fused and ONNX disagree by that much and no 1e-5
     # parity check can pass. This init saturates the gates (|z| ~ 1e8), which is benign in float32
-    # (activations grow large instead; see DESIGN §4 on conditioning weights before FP16 checks).
+    # (activations grow large instead; see "Parity and tolerances" in docs/design.md on conditioning weights
+    # before FP16 checks).
     if isinstance(module, nn.Conv2d):
         fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
         nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
@@ -111,24 +110,6 @@ class MobileOne(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
-VARIANTS: dict[str, MobileOneConfig] = {
-    "mobileone_s0": MobileOneConfig((0.75, 1.0, 1.0, 2.0), num_conv_branches=4),
-    "mobileone_s1": MobileOneConfig((1.5, 1.5, 2.0, 2.5)),
-    "mobileone_s2": MobileOneConfig((1.5, 2.0, 2.5, 4.0)),
-    "mobileone_s3": MobileOneConfig((2.0, 2.5, 3.0, 4.0)),
-    "mobileone_s4": MobileOneConfig((3.0, 3.5, 3.5, 4.0), se_units=(0, 0, 5, 1)),
-}
-
-# (reparameterized params M, GMACs, published params M, published GMACs) at 224 px — DESIGN section 3;
-# the published figures are the paper's (Table 9), which agree with the measured ones.
-SIZES: dict[str, tuple[float, float, float, float]] = {
-    "mobileone_s0": (2.079, 0.275, 2.1, 0.275),
-    "mobileone_s1": (4.765, 0.825, 4.8, 0.825),
-    "mobileone_s2": (7.808, 1.298, 7.8, 1.299),
-    "mobileone_s3": (10.078, 1.896, 10.1, 1.896),
-    "mobileone_s4": (14.838, 2.979, 14.8, 2.978),
-}
-
 _TIMM_SE = re.compile(r"^(stages\.\d+\.\d+)\.attn\.")
 
 
@@ -146,13 +127,52 @@ def key_map(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {_TIMM_SE.sub(r"\1.se.", key): value for key, value in state.items()}
 
 
-def build(name: str) -> MobileOne:
-    """Build the train-time MobileOne variant ``name`` with random weights."""
-    return MobileOne(VARIANTS[name])
+INPUT_SIZE = 224
+SOURCE = (
+    "params and MACs measured on timm's mobileone_* of the same name, reparameterized, at 224 px; "
+    "published figures from the MobileOne paper, Table 9 (they agree with the measured ones)"
+)
+_mobileone = partial(ModelSpec, family="mobileone", builder=MobileOne, input_size=INPUT_SIZE, key_map=key_map)
 
-
-def specs() -> list[ModelSpec]:
-    """Registry entries for every mobileone variant."""
-    from deployforge.registry import variant_specs
-
-    return variant_specs("mobileone", build, SIZES, 224, key_map=key_map)
+SPECS: tuple[ModelSpec, ...] = (
+    _mobileone(
+        name="mobileone_s0",
+        config=MobileOneConfig(width_multipliers=(0.75, 1.0, 1.0, 2.0), num_conv_branches=4),
+        reference=ReferenceSize(
+            params_m=2.079, gmacs=0.275, published_params_m=2.1, published_gmacs=0.275, source=SOURCE
+        ),
+        timm_name="mobileone_s0",
+    ),
+    _mobileone(
+        name="mobileone_s1",
+        config=MobileOneConfig(width_multipliers=(1.5, 1.5, 2.0, 2.5)),
+        reference=ReferenceSize(
+            params_m=4.765, gmacs=0.825, published_params_m=4.8, published_gmacs=0.825, source=SOURCE
+        ),
+        timm_name="mobileone_s1",
+    ),
+    _mobileone(
+        name="mobileone_s2",
+        config=MobileOneConfig(width_multipliers=(1.5, 2.0, 2.5, 4.0)),
+        reference=ReferenceSize(
+            params_m=7.808, gmacs=1.298, published_params_m=7.8, published_gmacs=1.299, source=SOURCE
+        ),
+        timm_name="mobileone_s2",
+    ),
+    _mobileone(
+        name="mobileone_s3",
+        config=MobileOneConfig(width_multipliers=(2.0, 2.5, 3.0, 4.0)),
+        reference=ReferenceSize(
+            params_m=10.078, gmacs=1.896, published_params_m=10.1, published_gmacs=1.896, source=SOURCE
+        ),
+        timm_name="mobileone_s3",
+    ),
+    _mobileone(
+        name="mobileone_s4",
+        config=MobileOneConfig(width_multipliers=(3.0, 3.5, 3.5, 4.0), se_units=(0, 0, 5, 1)),
+        reference=ReferenceSize(
+            params_m=14.838, gmacs=2.979, published_params_m=14.8, published_gmacs=2.978, source=SOURCE
+        ),
+        timm_name="mobileone_s4",
+    ),
+)

@@ -4,7 +4,8 @@ A MobileViT block models locally (3×3 conv-BN-SiLU, 1×1 conv to the transforme
 into ``P = 2×2`` patch positions × ``N`` patches, runs a LayerNorm transformer over the ``N`` tokens of each
 position, folds back, projects (1×1 conv-BN-SiLU) and fuses with its input (3×3 conv-BN-SiLU on the
 concatenation). The network skeleton here (stem, five stages, optional final 1×1 conv, classifier head)
-is shared with MobileViT v2 (:mod:`.mobilevitv2`), which swaps the block.
+and the block skeleton (:class:`LocalGlobalBlock`: local convs, transformer stack, norm, projection) are
+shared with MobileViT v2 (:mod:`.mobilevitv2`), which builds its block on the latter.
 
 Written for the converters (see :mod:`.blocks.patches`): unfold/fold use reshapes of rank ≤ 5 (Core ML
 rejects rank 6), attention is explicit MatMuls rather than fused SDPA (Core ML converts it, and ONNX MAC
@@ -24,7 +25,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,9 +32,7 @@ from torch.nn import functional as F
 
 from .blocks import ConvNorm, InvertedResidual, Mlp, TokenSelfAttention, TransformerLayer, fold_patches, unfold_patches
 from .head import ClassifierHead
-
-if TYPE_CHECKING:
-    from deployforge.registry import ModelSpec
+from .spec import ModelSpec, ReferenceSize
 
 # cvnets-trained MobileViT checkpoints take RGB scaled to [0, 1] without mean/std normalization (timm's cfg).
 INPUT_MEAN = (0.0, 0.0, 0.0)
@@ -83,8 +81,64 @@ def patch_grid(size: int, patch: int) -> int:
     return math.ceil(size / patch)
 
 
-class MobileViTBlock(nn.Module):
+class LocalGlobalBlock(nn.Module):
+    """What the MobileViT v1 and v2 blocks share: local convs, a transformer stack, its norm, a projection.
+
+    ``conv_kxk`` (3×3 conv-BN-act) and ``conv_1x1`` (1×1 conv to the token width ``d``) model locally;
+    ``transformer`` stacks ``depth`` pre-norm :class:`TransformerLayer` layers and ``norm`` follows it; ``conv_proj``
+    (1×1 conv-BN, optional activation) maps ``d`` back to ``chs``. Each subclass's ``forward`` places the
+    unfold/fold around :meth:`mix` (and v1 adds its fusion conv).
+
+    Args:
+        chs: input and output channels.
+        transformer_dim: token width ``d``.
+        depth: transformer layers.
+        patch_size: square patch side.
+        norm_layer: ``norm_layer(d)`` builds the two norms of each layer and the final norm.
+        attn_layer: ``attn_layer(d)`` builds the token mixer of each layer.
+        mlp_layer: ``mlp_layer(d)`` builds the MLP of each layer.
+        local_groups: groups of the 3×3 local conv (``chs`` makes it depthwise).
+        act_layer: activation of the local conv.
+        proj_act_layer: activation of the projection, or ``None`` for none.
+    """
+
+    def __init__(
+        self,
+        chs: int,
+        transformer_dim: int,
+        depth: int,
+        patch_size: int,
+        *,
+        norm_layer: Callable[[int], nn.Module],
+        attn_layer: Callable[[int], nn.Module],
+        mlp_layer: Callable[[int], nn.Module],
+        local_groups: int = 1,
+        act_layer: Callable[[], nn.Module] = nn.SiLU,
+        proj_act_layer: Callable[[], nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        d = transformer_dim
+        self.patch_size = patch_size
+        self.conv_kxk = ConvNorm(chs, chs, 3, groups=local_groups, act_layer=act_layer)
+        self.conv_1x1 = nn.Conv2d(chs, d, 1, bias=False)
+        layers = (TransformerLayer(norm_layer(d), attn_layer(d), norm_layer(d), mlp_layer(d)) for _ in range(depth))
+        self.transformer = nn.Sequential(*layers)
+        self.norm = norm_layer(d)
+        self.conv_proj = ConvNorm(d, chs, 1, act_layer=proj_act_layer)
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        """Local representation: ``conv_1x1(conv_kxk(x))``, ``chs`` → ``d`` channels."""
+        return self.conv_1x1(self.conv_kxk(x))
+
+    def mix(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Global representation: the transformer stack, then the final norm (layout as the layers expect)."""
+        return self.norm(self.transformer(tokens))
+
+
+class MobileViTBlock(LocalGlobalBlock):
     """MobileViT v1 block: local conv, unfold, transformer, fold, projection, fusion with the input.
+
+    LayerNorm, multi-head :class:`TokenSelfAttention` and a linear :class:`Mlp` on channels-last tokens.
 
     Args:
         chs: input and output channels.
@@ -106,29 +160,22 @@ class MobileViTBlock(nn.Module):
         mlp_ratio: float = 2.0,
         act_layer: Callable[[], nn.Module] = nn.SiLU,
     ) -> None:
-        super().__init__()
-        d = transformer_dim
-        self.patch_size = patch_size
-        self.conv_kxk = ConvNorm(chs, chs, 3, act_layer=act_layer)
-        self.conv_1x1 = nn.Conv2d(chs, d, 1, bias=False)
-        self.transformer = nn.Sequential(
-            *(
-                TransformerLayer(
-                    nn.LayerNorm(d),
-                    TokenSelfAttention(d, head_dim=d // num_heads, qkv_bias=True),
-                    nn.LayerNorm(d),
-                    Mlp(d, int(d * mlp_ratio), act_layer),
-                )
-                for _ in range(depth)
-            )
+        super().__init__(
+            chs,
+            transformer_dim,
+            depth,
+            patch_size,
+            norm_layer=nn.LayerNorm,
+            attn_layer=lambda d: TokenSelfAttention(d, head_dim=d // num_heads, qkv_bias=True),
+            mlp_layer=lambda d: Mlp(d, int(d * mlp_ratio), act_layer),
+            act_layer=act_layer,
+            proj_act_layer=act_layer,
         )
-        self.norm = nn.LayerNorm(d)
-        self.conv_proj = ConvNorm(d, chs, 1, act_layer=act_layer)
         self.conv_fusion = ConvNorm(2 * chs, chs, 3, act_layer=act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.conv_1x1(self.conv_kxk(x))
+        x = self.local(x)
         b, d, h, w = x.shape
         p = self.patch_size
         num_h, num_w = patch_grid(h, p), patch_grid(w, p)
@@ -140,7 +187,7 @@ class MobileViTBlock(nn.Module):
         patches = unfold_patches(x, p, p)  # (B, d, P, N)
         n = num_h * num_w
         tokens = patches.permute(0, 2, 3, 1).reshape(b * p * p, n, d)  # (B·P, N, d): attention over N
-        tokens = self.norm(self.transformer(tokens))
+        tokens = self.mix(tokens)
         x = fold_patches(tokens.reshape(b, p * p, n, d).permute(0, 3, 1, 2), p, p, num_h, num_w)
         if resize:
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
@@ -245,27 +292,36 @@ def mobilevit(config: MobileViTConfig, num_classes: int = 1000) -> MobileViTNet:
     )
 
 
-VARIANTS: dict[str, MobileViTConfig] = {
-    "mobilevit_xxs": MobileViTConfig((16, 24, 48, 64, 80), (64, 80, 96), 320, expansion=2.0),
-    "mobilevit_xs": MobileViTConfig((32, 48, 64, 80, 96), (96, 120, 144), 384),
-    "mobilevit_s": MobileViTConfig((32, 64, 96, 128, 160), (144, 192, 240), 640),
-}
+SOURCE = "params and MACs measured on timm's mobilevit_* of the same name, reparameterized, at 256 px"
+_mobilevit = partial(
+    ModelSpec,
+    family="mobilevit",
+    builder=mobilevit,
+    input_size=INPUT_SIZE,
+    key_map=key_map,
+    mean=INPUT_MEAN,
+    std=INPUT_STD,
+)
 
-# (params M, GMACs) of the reparameterized model at 256 px, measured on timm's implementation — DESIGN section 3
-SIZES: dict[str, tuple[float, float]] = {
-    "mobilevit_xxs": (1.272, 0.407),
-    "mobilevit_xs": (2.318, 1.026),
-    "mobilevit_s": (5.579, 2.001),
-}
-
-
-def build(name: str) -> MobileViTNet:
-    """Build the MobileViT v1 variant ``name`` with random weights."""
-    return mobilevit(VARIANTS[name])
-
-
-def specs() -> list[ModelSpec]:
-    """Registry entries for every mobilevit variant."""
-    from deployforge.registry import variant_specs
-
-    return variant_specs("mobilevit", build, SIZES, INPUT_SIZE, key_map=key_map, mean=INPUT_MEAN, std=INPUT_STD)
+SPECS: tuple[ModelSpec, ...] = (
+    _mobilevit(
+        name="mobilevit_xxs",
+        config=MobileViTConfig(
+            widths=(16, 24, 48, 64, 80), transformer_dims=(64, 80, 96), num_features=320, expansion=2.0
+        ),
+        reference=ReferenceSize(params_m=1.272, gmacs=0.407, source=SOURCE),
+        timm_name="mobilevit_xxs",
+    ),
+    _mobilevit(
+        name="mobilevit_xs",
+        config=MobileViTConfig(widths=(32, 48, 64, 80, 96), transformer_dims=(96, 120, 144), num_features=384),
+        reference=ReferenceSize(params_m=2.318, gmacs=1.026, source=SOURCE),
+        timm_name="mobilevit_xs",
+    ),
+    _mobilevit(
+        name="mobilevit_s",
+        config=MobileViTConfig(widths=(32, 64, 96, 128, 160), transformer_dims=(144, 192, 240), num_features=640),
+        reference=ReferenceSize(params_m=5.579, gmacs=2.001, source=SOURCE),
+        timm_name="mobilevit_s",
+    ),
+)

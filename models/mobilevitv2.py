@@ -1,7 +1,8 @@
 """MobileViT v2 (Mehta & Rastegari, 2022): separable self-attention, width multiplier α, 256 px.
 
 The network is MobileViT v1's skeleton (:class:`.mobilevit.MobileViTNet`: stem, MV2 stages, global blocks in
-stages 2–4) without the final 1×1 conv, every width scaled by α. The v2 block models locally (depthwise
+stages 2–4) without the final 1×1 conv, every width scaled by α; the v2 block is built on v1's block
+skeleton (:class:`.mobilevit.LocalGlobalBlock`) with other norms and attention. It models locally (depthwise
 3×3 conv-BN-SiLU, 1×1 conv to ``d = C/2``), unfolds into ``(B, d, P, N)``, runs GroupNorm(1) transformer
 layers with separable self-attention (linear in ``N``) and a 1×1-conv MLP, folds back and projects
 (1×1 conv-BN); there is no skip connection or fusion conv around it (unlike v1).
@@ -11,33 +12,32 @@ rejects; :func:`.blocks.unfold_patches` / :func:`.blocks.fold_patches` use resha
 ≤ 5 only, and keep the batch leading so it stays dynamic under ``torch.export``. The attention is
 elementwise ops and 1×1 convs (no fused kernel), and every shape except the batch is a Python int.
 
-The seven variants differ only in α (:data:`ALPHAS`, data, not seven copies). Module names follow timm's
-``mobilevitv2_*`` except the shared blocks' (:func:`key_map`).
+The seven variants differ only in α (one :class:`MobileViTV2Config` each in :data:`SPECS`). Module names
+follow timm's ``mobilevitv2_*`` except the shared blocks' (:func:`key_map`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import (
-    ConvNorm,
-    Mlp,
-    SeparableSelfAttention,
-    TransformerLayer,
-    fold_patches,
-    make_divisible,
-    unfold_patches,
+from .blocks import Mlp, SeparableSelfAttention, fold_patches, make_divisible, unfold_patches
+from .mobilevit import (
+    INPUT_MEAN,
+    INPUT_SIZE,
+    INPUT_STD,
+    MV2_RENAMES,
+    LocalGlobalBlock,
+    MobileViTNet,
+    patch_grid,
+    rename_components,
 )
-from .mobilevit import INPUT_MEAN, INPUT_SIZE, INPUT_STD, MV2_RENAMES, MobileViTNet, patch_grid, rename_components
-
-if TYPE_CHECKING:
-    from deployforge.registry import ModelSpec
+from .spec import ModelSpec, ReferenceSize
 
 BASE_WIDTHS = (64, 128, 256, 384, 512)  # α = 1 stage widths
 BASE_STEM = 32
@@ -63,8 +63,11 @@ def key_map(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return rename_components(state, V2_RENAMES)
 
 
-class MobileViTV2Block(nn.Module):
+class MobileViTV2Block(LocalGlobalBlock):
     """MobileViT v2 block: depthwise local conv, unfold, separable-attention transformer, fold, projection.
+
+    GroupNorm(1), :class:`SeparableSelfAttention` and a 1×1-conv :class:`Mlp` on channels-first patches
+    ``(B, d, P, N)``; the projection has no activation and there is no fusion with the input.
 
     Args:
         chs: input and output channels.
@@ -84,24 +87,17 @@ class MobileViTV2Block(nn.Module):
         mlp_ratio: float = 2.0,
         act_layer: Callable[[], nn.Module] = nn.SiLU,
     ) -> None:
-        super().__init__()
-        d = transformer_dim
-        self.patch_size = patch_size
-        self.conv_kxk = ConvNorm(chs, chs, 3, groups=chs, act_layer=act_layer)
-        self.conv_1x1 = nn.Conv2d(chs, d, 1, bias=False)
-        self.transformer = nn.Sequential(
-            *(
-                TransformerLayer(
-                    nn.GroupNorm(1, d),
-                    SeparableSelfAttention(d),
-                    nn.GroupNorm(1, d),
-                    Mlp(d, int(d * mlp_ratio), act_layer, channels_first=True),
-                )
-                for _ in range(depth)
-            )
+        super().__init__(
+            chs,
+            transformer_dim,
+            depth,
+            patch_size,
+            norm_layer=lambda d: nn.GroupNorm(1, d),
+            attn_layer=SeparableSelfAttention,
+            mlp_layer=lambda d: Mlp(d, int(d * mlp_ratio), act_layer, channels_first=True),
+            local_groups=chs,
+            act_layer=act_layer,
         )
-        self.norm = nn.GroupNorm(1, d)
-        self.conv_proj = ConvNorm(d, chs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
@@ -109,8 +105,7 @@ class MobileViTV2Block(nn.Module):
         if (num_h * p, num_w * p) != tuple(x.shape[2:]):
             # resized up to whole patches and left at that size (as timm/cvnets do); static under export
             x = F.interpolate(x, size=(num_h * p, num_w * p), mode="bilinear", align_corners=True)
-        x = self.conv_1x1(self.conv_kxk(x))
-        x = self.norm(self.transformer(unfold_patches(x, p, p)))  # (B, d, P, N)
+        x = self.mix(unfold_patches(self.local(x), p, p))  # (B, d, P, N)
         return self.conv_proj(fold_patches(x, p, p, num_h, num_w))
 
 
@@ -155,35 +150,58 @@ def mobilevitv2(config: MobileViTV2Config, num_classes: int = 1000) -> MobileViT
     return MobileViTNet(config.stem_chs, config.widths, 2, EXPANSION, vit_block, None, num_classes)
 
 
-ALPHAS: dict[str, float] = {
-    "mobilevitv2_050": 0.5,
-    "mobilevitv2_075": 0.75,
-    "mobilevitv2_100": 1.0,
-    "mobilevitv2_125": 1.25,
-    "mobilevitv2_150": 1.5,
-    "mobilevitv2_175": 1.75,
-    "mobilevitv2_200": 2.0,
-}
+SOURCE = "params and MACs measured on timm's mobilevitv2_* of the same name, reparameterized, at 256 px"
+_mobilevitv2 = partial(
+    ModelSpec,
+    family="mobilevitv2",
+    builder=mobilevitv2,
+    input_size=INPUT_SIZE,
+    key_map=key_map,
+    mean=INPUT_MEAN,
+    std=INPUT_STD,
+)
 
-# (params M, GMACs) of the reparameterized model at 256 px, measured on timm's implementation — DESIGN section 3
-SIZES: dict[str, tuple[float, float]] = {
-    "mobilevitv2_050": (1.371, 0.465),
-    "mobilevitv2_075": (2.866, 1.028),
-    "mobilevitv2_100": (4.902, 1.812),
-    "mobilevitv2_125": (7.478, 2.817),
-    "mobilevitv2_150": (10.595, 4.042),
-    "mobilevitv2_175": (14.252, 5.489),
-    "mobilevitv2_200": (18.449, 7.156),
-}
-
-
-def build(name: str) -> MobileViTNet:
-    """Build the MobileViT v2 variant ``name`` with random weights."""
-    return mobilevitv2(MobileViTV2Config(ALPHAS[name]))
-
-
-def specs() -> list[ModelSpec]:
-    """Registry entries for every mobilevitv2 variant."""
-    from deployforge.registry import variant_specs
-
-    return variant_specs("mobilevitv2", build, SIZES, INPUT_SIZE, key_map=key_map, mean=INPUT_MEAN, std=INPUT_STD)
+SPECS: tuple[ModelSpec, ...] = (
+    _mobilevitv2(
+        name="mobilevitv2_050",
+        config=MobileViTV2Config(alpha=0.5),
+        reference=ReferenceSize(params_m=1.371, gmacs=0.465, source=SOURCE),
+        timm_name="mobilevitv2_050",
+    ),
+    _mobilevitv2(
+        name="mobilevitv2_075",
+        config=MobileViTV2Config(alpha=0.75),
+        reference=ReferenceSize(params_m=2.866, gmacs=1.028, source=SOURCE),
+        timm_name="mobilevitv2_075",
+    ),
+    _mobilevitv2(
+        name="mobilevitv2_100",
+        config=MobileViTV2Config(alpha=1.0),
+        reference=ReferenceSize(params_m=4.902, gmacs=1.812, source=SOURCE),
+        timm_name="mobilevitv2_100",
+    ),
+    _mobilevitv2(
+        name="mobilevitv2_125",
+        config=MobileViTV2Config(alpha=1.25),
+        reference=ReferenceSize(params_m=7.478, gmacs=2.817, source=SOURCE),
+        timm_name="mobilevitv2_125",
+    ),
+    _mobilevitv2(
+        name="mobilevitv2_150",
+        config=MobileViTV2Config(alpha=1.5),
+        reference=ReferenceSize(params_m=10.595, gmacs=4.042, source=SOURCE),
+        timm_name="mobilevitv2_150",
+    ),
+    _mobilevitv2(
+        name="mobilevitv2_175",
+        config=MobileViTV2Config(alpha=1.75),
+        reference=ReferenceSize(params_m=14.252, gmacs=5.489, source=SOURCE),
+        timm_name="mobilevitv2_175",
+    ),
+    _mobilevitv2(
+        name="mobilevitv2_200",
+        config=MobileViTV2Config(alpha=2.0),
+        reference=ReferenceSize(params_m=18.449, gmacs=7.156, source=SOURCE),
+        timm_name="mobilevitv2_200",
+    ),
+)

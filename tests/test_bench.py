@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from deployforge import bench
-from deployforge.errors import DeployforgeError
+from deployforge.errors import DeployforgeError, InvalidSetting
+from deployforge.options import TimingProtocol
 
-FAST = {"runs": 10, "warmup_s": 0.05, "min_time_s": 0.1}
+FAST = TimingProtocol(threads=1, runs=10, warmup_s=0.05, min_time_s=0.1)
 
 
 def _conv_model(path: Path, n_convs: int, batch: int | str = "N") -> Path:
@@ -59,38 +61,41 @@ def _check_stats(s: bench.LatencyStats, runs: int, batch: int) -> None:
 
 def test_bench_pair(models: tuple[Path, Path]) -> None:
     multi, reparam = models
-    r = bench.bench_pair(
-        multi, reparam, threads=1, macs_multi_branch=2 * 8 * 8 * 9 * 256, macs_reparameterized=None, **FAST
-    )
-    _check_stats(r.multi_branch, 10, 1)
-    _check_stats(r.reparameterized, 10, 1)
+    r = bench.bench_pair(multi, reparam, FAST, macs_baseline=2 * 8 * 8 * 9 * 256, macs_deployed=None)
+    _check_stats(r.baseline, 10, 1)
+    _check_stats(r.deployed, 10, 1)
     # interleaved: both models get the same number of samples
-    assert r.multi_branch.n_runs == r.reparameterized.n_runs
+    assert r.baseline.n_runs == r.deployed.n_runs
     assert r.threads == 1 and r.warning is None
     lo, hi = r.speedup_ci
     assert 0 < lo <= r.speedup <= hi
-    assert math.isclose(r.speedup, r.multi_branch.p50_ms / r.reparameterized.p50_ms)
-    g = r.multi_branch.gflops
-    assert g is not None and math.isclose(g, 2 * 2 * 8 * 8 * 9 * 256 / (r.multi_branch.p50_ms * 1e-3) / 1e9)
-    assert r.reparameterized.gflops is None
+    assert math.isclose(r.speedup, r.baseline.p50_ms / r.deployed.p50_ms)
+    g = r.baseline.gflops
+    assert g is not None and math.isclose(g, 2 * 2 * 8 * 8 * 9 * 256 / (r.baseline.p50_ms * 1e-3) / 1e9)
+    assert r.deployed.gflops is None
     d = json.loads(json.dumps(r.as_dict()))
-    assert set(d) >= {"threads", "multi_branch", "reparameterized", "speedup", "speedup_ci95", "warning"}
-    assert "samples_ms" not in d["multi_branch"]
-    assert len(r.as_dict(include_samples=True)["reparameterized"]["samples_ms"]) == r.reparameterized.n_runs
+    assert set(d) >= {"threads", "baseline", "deployed", "speedup", "speedup_ci95", "warning"}
+    assert "samples_ms" not in d["baseline"]
+    assert len(r.as_dict(include_samples=True)["deployed"]["samples_ms"]) == r.deployed.n_runs
 
 
-def test_bench_one_dynamic_batch(models: tuple[Path, Path]) -> None:
-    s = bench.bench_one(models[1], threads=1, batch=2, macs=1000, **FAST)
+def test_time_models_dynamic_batch(models: tuple[Path, Path]) -> None:
+    (s,) = bench.time_models([models[1]], dataclasses.replace(FAST, batch=2), macs=[1000])
     _check_stats(s, 10, 2)
     assert s.threads == 1 and s.macs == 1000 and s.gflops is not None
     json.dumps(s.as_dict())
 
 
+def test_time_models_interleaves_every_model(models: tuple[Path, Path]) -> None:
+    stats = bench.time_models([models[0], models[1], models[0]], FAST)
+    assert len({s.n_runs for s in stats}) == 1  # round-robin: every model got the same number of samples
+
+
 def test_fixed_batch_mismatch(tmp_path: Path) -> None:
     p = _conv_model(tmp_path / "fixed.onnx", 1, batch=1)
-    bench.bench_one(p, threads=1, batch=1, **FAST)
+    bench.time_models([p], FAST)
     with pytest.raises(DeployforgeError, match="fixed batch"):
-        bench.bench_one(p, threads=1, batch=4, **FAST)
+        bench.time_models([p], dataclasses.replace(FAST, batch=4))
 
 
 def test_bootstrap_contains_point_estimate() -> None:
@@ -112,19 +117,21 @@ def test_thread_warning() -> None:
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
-def test_invalid_threads(models: tuple[Path, Path], threads: object) -> None:
-    with pytest.raises(DeployforgeError, match="threads"):
-        bench.validate_threads(threads)  # type: ignore[arg-type]
-    with pytest.raises(DeployforgeError, match="threads"):
-        bench.bench_pair(*models, threads=threads, **FAST)  # type: ignore[arg-type]
-    with pytest.raises(DeployforgeError, match="threads"):
-        bench.bench_one(models[0], threads=threads, **FAST)  # type: ignore[arg-type]
+def test_invalid_threads(threads: object) -> None:
+    with pytest.raises(InvalidSetting, match="thread count") as error:
+        TimingProtocol(threads=threads)  # type: ignore[arg-type]
+    assert error.value.setting == "threads"
 
 
-def test_invalid_protocol_and_missing_file(models: tuple[Path, Path], tmp_path: Path) -> None:
-    with pytest.raises(DeployforgeError, match="runs"):
-        bench.bench_one(models[0], threads=1, runs=0)
-    with pytest.raises(DeployforgeError, match="batch"):
-        bench.bench_one(models[0], threads=1, batch=0)
+@pytest.mark.parametrize(
+    ("field", "value"), [("runs", 0), ("batch", 0), ("warmup_s", -0.1), ("min_time_s", float("nan"))]
+)
+def test_invalid_protocol(field: str, value: object) -> None:
+    with pytest.raises(InvalidSetting) as error:
+        TimingProtocol(**{field: value})
+    assert error.value.setting == field
+
+
+def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DeployforgeError, match="no ONNX file"):
-        bench.bench_one(tmp_path / "missing.onnx", threads=1, **FAST)
+        bench.time_models([tmp_path / "missing.onnx"], FAST)

@@ -84,6 +84,14 @@ def test_list_table_and_json():
     assert {r["family"] for r in fastvit} == {"fastvit"}
 
 
+def test_version():
+    from deployforge import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"deployforge {__version__}"
+
+
 @pytest.mark.parametrize("command", [[], ["export"], ["verify"], ["bench"], ["list"]])
 def test_help(command):
     result = invoke(*command, "--help")
@@ -100,11 +108,11 @@ def test_export_writes_artifacts_and_manifest(exported):
     directory = exported / MODEL
     assert sorted(listing(directory)) == sorted([*ARTIFACTS, "manifest.json"])
     assert listing(exported) == [MODEL]  # no staging or probe leftovers beside it
-    card = json.loads((directory / "manifest.json").read_text())
-    assert card["model"] == MODEL
-    assert card["input"]["shape"][1:] == [3, 64, 64]
-    assert set(card["artifacts"]) == set(ARTIFACTS)
-    for name, digest in card["artifacts"].items():
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["model"] == MODEL
+    assert manifest["input"]["shape"][1:] == [3, 64, 64]
+    assert set(manifest["artifacts"]) == set(ARTIFACTS)
+    for name, digest in manifest["artifacts"].items():
         assert len(digest) == 64
         assert artifact_digest(directory / name) == digest
 
@@ -189,6 +197,21 @@ def test_unknown_precision(empty_out):
     assert listing(empty_out) == []
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--input-size", "0"), ("--input-size", "16"), ("--opset", "12"), ("--opset", "99"), ("--batch", "0")],
+)
+def test_numeric_option_out_of_range(empty_out, flag, value):
+    assert_usage_error(invoke("export", MODEL, flag, value, "--out", empty_out), flag, "at least", value)
+    assert listing(empty_out) == []
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--runs", "0"), ("--warmup-s", "-1"), ("--min-time-s", "-0.5")])
+def test_bench_numeric_option_out_of_range(empty_out, flag, value):
+    assert_usage_error(invoke("bench", MODEL, flag, value, "--out", empty_out), flag, "at least")
+    assert listing(empty_out) == []
+
+
 def test_missing_weights_file(empty_out, tmp_path):
     missing = tmp_path / "nope.pth"
     assert_usage_error(invoke("export", MODEL, "--weights", missing, "--out", empty_out), "not found", "nope.pth")
@@ -250,6 +273,38 @@ def test_bench_bad_threads(empty_out, threads, words):
     assert listing(empty_out) == []
 
 
+def test_manifest_round_trip(exported, tmp_path):
+    from deployforge.manifest import read_manifest
+
+    manifest = read_manifest(exported / MODEL)
+    assert manifest.settings.input_size == 64 and manifest.input.size == 64
+    assert manifest.weights.sha256 is None and manifest.size.params_onnx > 0
+    manifest.write(tmp_path)
+    assert read_manifest(tmp_path) == manifest
+
+
+def test_previous_manifest_schema_is_refused(exported, tmp_path):
+    out = tmp_path / "old"
+    shutil.copytree(exported, out)
+    path = out / MODEL / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["schema"]  # deployforge 0.1.0 wrote no schema field
+    path.write_text(json.dumps(manifest))
+    message = assert_usage_error(invoke("verify", out / MODEL), "manifest schema", "re-run `deployforge export`")
+    assert "None" not in message
+
+
+def test_verify_and_bench_resolve_targets_alike(exported, empty_out):
+    from deployforge.workspace import has_onnx_pair, resolve_model_dirs
+
+    by_dir = resolve_model_dirs([str(exported)], empty_out)
+    by_name = resolve_model_dirs([MODEL], exported)
+    by_default = resolve_model_dirs([], exported, usable=has_onnx_pair)
+    assert by_dir == by_name == by_default == [exported / MODEL]
+    message = assert_usage_error(invoke("verify", MODEL, "--out", empty_out), "no artifacts for", MODEL)
+    assert "deployforge export" in message
+
+
 def test_verify_dir_without_artifacts(empty_out, tmp_path):
     nothing = tmp_path / "nothing"
     nothing.mkdir()
@@ -300,9 +355,9 @@ def test_weights_round_trip_matches_timm(tmp_path):
     out = tmp_path / "out"
     result = invoke("export", MODEL, "--weights", weights, "--input-size", SIZE, "--to", "onnx", "--out", out)
     assert result.exit_code == 0, result.output
-    card = json.loads((out / MODEL / "manifest.json").read_text())
-    assert card["weights"]["source"] == str(weights.resolve())
-    assert card["weights"]["sha256"] is not None
+    manifest = json.loads((out / MODEL / "manifest.json").read_text())
+    assert manifest["weights"]["source"] == str(weights.resolve())
+    assert manifest["weights"]["sha256"] is not None
 
     image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
@@ -338,7 +393,8 @@ def test_bench_json(exported):
         assert row["speedup"] > 0
         low, high = row["speedup_ci95"]
         assert 0 < low <= high
-        for side in ("multi_branch", "reparameterized"):
+        assert row["against"] == "multi-branch"
+        for side in ("baseline", "deployed"):
             assert row[side]["p50_ms"] > 0
 
 

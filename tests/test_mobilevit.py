@@ -315,10 +315,14 @@ def test_whole_model_matches_timm_with_stressed_norms(name, size, rel_l2, make_i
 
 
 def test_v2_widths_follow_alpha_as_data():
-    assert set(mobilevitv2.ALPHAS) == set(V2)
-    for name, alpha in mobilevitv2.ALPHAS.items():
-        config = mobilevitv2.MobileViTV2Config(alpha)
-        model = get_spec(name).build()
+    specs = list_models("mobilevitv2")
+    assert [spec.config.alpha for spec in specs] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    for spec in specs:
+        config = spec.config
+        assert isinstance(config, mobilevitv2.MobileViTV2Config)
+        alpha = config.alpha
+        assert spec.name == f"mobilevitv2_{round(alpha * 100):03d}"
+        model = spec.build()
         assert model.stem.conv.out_channels == int(32 * alpha)
         assert [stage[0].conv_pwl.conv.out_channels for stage in model.stages] == list(config.widths)
         assert [stage[1].conv_1x1.out_channels for stage in model.stages[2:]] == [c // 2 for c in config.widths[2:]]

@@ -6,23 +6,28 @@ a family added later without a timm oracle, or filtered out of a parametrization
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from deployforge.registry import list_models
+from deployforge.models import REGISTRY
+from deployforge.models.spec import Registry
+from deployforge.registry import get_spec, list_models
 
 TESTS = Path(__file__).parent
 # test file -> the test functions that must be parametrized over every registered model
 REQUIRED = {
     "test_stages.py": ("test_stage_parity", "test_no_batchnorm_after_fuse_and_reparameterize"),
     "test_oracle.py": ("test_matches_timm_with_the_same_weights",),
+    "test_faults.py": ("test_stress_recipe_moves_every_statistic",),
     "test_sizes.py": (
         "test_reparameterized_params_match_registry",
         "test_reparameterized_macs_match_registry",
         "test_onnx_matches_the_multi_branch_original",
+        "test_onnx_batch_dimension_is_symbolic",
         "test_reparameterized_onnx_has_no_batchnorm",
     ),
 }
@@ -55,5 +60,29 @@ def test_every_model_is_covered(name, collected):
 
 def test_every_spec_has_reference_sizes_and_an_oracle():
     for spec in list_models():
-        assert spec.params_m > 0 and spec.gmacs > 0, spec.name
+        assert spec.reference.params_m > 0 and spec.reference.gmacs > 0, spec.name
         assert spec.timm_name, f"{spec.name} has no external oracle"
+
+
+def test_every_spec_is_one_record_with_a_dataclass_config_and_a_sourced_reference():
+    for spec in list_models():
+        assert dataclasses.is_dataclass(spec.config) and not isinstance(spec.config, type), spec.name
+        with pytest.raises(dataclasses.FrozenInstanceError):  # configs are values, shared by every build
+            setattr(spec.config, dataclasses.fields(spec.config)[0].name, None)
+        assert spec.reference.source.strip(), f"{spec.name} does not say where its reference sizes come from"
+
+
+def test_registering_a_name_twice_raises():
+    first = get_spec("fastvit_t8")
+    registry = Registry([first])
+    clash = dataclasses.replace(get_spec("fastvit_t12"), name="fastvit_t8")
+    with pytest.raises(ValueError, match="'fastvit_t8' is already registered"):
+        registry.register(clash)
+    assert registry["fastvit_t8"] is first and len(registry) == 1, "a refused registration changes nothing"
+
+
+def test_the_model_registry_refuses_a_registered_name():
+    before = list(REGISTRY)
+    with pytest.raises(ValueError, match="already registered"):
+        REGISTRY.register(get_spec("mobileone_s0"))
+    assert list(REGISTRY) == before == list_models()

@@ -11,7 +11,7 @@ from torch import nn
 
 from deployforge.export.onnx import export_onnx, run_onnx
 from deployforge.fuse import fuse_batchnorm
-from deployforge.measure import onnx_macs, relative_gap, torch_macs, torch_params
+from deployforge.measure import onnx_macs, torch_macs, torch_params
 from deployforge.models.blocks import Reparameterizable
 from deployforge.parity import TOLERANCES, compare
 from deployforge.registry import get_spec, list_models
@@ -20,7 +20,9 @@ from deployforge.trace import trace
 
 NAMES = [s.name for s in list_models()]
 # ONNX export of the big variants is the long part of this file
-ONNX_MODELS = [pytest.param(s.name, marks=pytest.mark.slow) if s.params_m > 20 else s.name for s in list_models()]
+ONNX_MODELS = [
+    pytest.param(s.name, marks=pytest.mark.slow) if s.reference.params_m > 20 else s.name for s in list_models()
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -28,7 +30,8 @@ def test_reparameterized_params_match_registry(name, stressed_original):
     spec = get_spec(name)
     merged, _ = reparameterize(stressed_original(name))
     params = torch_params(merged)
-    assert relative_gap(params, spec.params_m * 1e6) <= 0.01, f"{params / 1e6:.3f} M vs {spec.params_m} M"
+    expected = spec.reference.params_m
+    assert params == pytest.approx(expected * 1e6, rel=0.01), f"{params / 1e6:.3f} M vs {expected} M"
     train_time = torch_params(stressed_original(name))
     if any(isinstance(m, Reparameterizable) for m in stressed_original(name).modules()):
         # the train-time model is bigger: reparameterizing removed the extra branches
@@ -44,7 +47,8 @@ def test_reparameterized_macs_match_registry(name, stressed_original):
     merged, _ = reparameterize(stressed_original(name))
     example = torch.zeros(1, 3, spec.input_size, spec.input_size)
     macs = torch_macs(merged, example)
-    assert relative_gap(macs, spec.gmacs * 1e9) <= 0.01, f"{macs / 1e9:.4f} G vs {spec.gmacs} G"
+    expected = spec.reference.gmacs
+    assert macs == pytest.approx(expected * 1e9, rel=0.01), f"{macs / 1e9:.4f} G vs {expected} G"
 
 
 # ------------------------------------------------------------------------------------------------ ONNX
@@ -73,7 +77,7 @@ def test_onnx_macs_equal_torch_macs(deployed, make_inputs):
     from_torch = torch_macs(merged, make_inputs(batch=1))
     from_onnx = onnx_macs(graph)
     assert from_torch > 0
-    assert relative_gap(from_onnx, from_torch) <= 0.005, f"onnx {from_onnx} vs torch {from_torch}"
+    assert from_onnx == pytest.approx(from_torch, rel=0.005), f"onnx {from_onnx} vs torch {from_torch}"
 
 
 def test_onnx_matches_the_multi_branch_original(deployed, stressed_original, make_inputs):
@@ -83,6 +87,14 @@ def test_onnx_matches_the_multi_branch_original(deployed, stressed_original, mak
         reference = stressed_original(name)(inputs).numpy()
     outputs = run_onnx(graph.SerializeToString(), inputs.numpy())
     assert compare(outputs, reference, TOLERANCES["onnx"]).ok, compare(outputs, reference, TOLERANCES["onnx"])
+
+
+def test_onnx_batch_dimension_is_symbolic(deployed):
+    name, _, graph = deployed
+    for value in [*graph.graph.input, *graph.graph.output]:
+        batch = value.type.tensor_type.shape.dim[0]
+        assert batch.HasField("dim_param") and batch.dim_param, f"{name}: {value.name} has a fixed batch {batch}"
+        assert not batch.HasField("dim_value"), f"{name}: {value.name} batch is {batch.dim_value}"
 
 
 def test_reparameterized_onnx_has_no_batchnorm(deployed):

@@ -20,7 +20,7 @@ from deployforge.trace import Traced, trace
 
 TOL = 1e-5
 NAMES = [s.name for s in list_models()]
-MODELS = [pytest.param(s.name, marks=pytest.mark.slow) if s.params_m > 20 else s.name for s in list_models()]
+MODELS = [pytest.param(s.name, marks=pytest.mark.slow) if s.reference.params_m > 20 else s.name for s in list_models()]
 
 
 @dataclass

@@ -15,12 +15,27 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from deployforge.errors import DeployforgeError
+from deployforge.errors import DeployforgeError, InvalidSetting
 
 # coremltools draws tqdm bars for every pass pipeline; tqdm reads this when it is first imported.
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 DEFAULT_OUT = Path("deployforge-out")
+# The library names settings in the domain's words; the CLI speaks of its flags.
+FLAGS = {
+    "target": "--to",
+    "precision": "--precision",
+    "opset": "--opset",
+    "batch": "--batch",
+    "input_size": "--input-size",
+    "weights": "--weights",
+    "out": "--out",
+    "threads": "--threads",
+    "runs": "--runs",
+    "warmup_s": "--warmup-s",
+    "min_time_s": "--min-time-s",
+    "against": "--against",
+}
 stderr = Console(stderr=True)
 # Piped or redirected output is not limited to rich's 80-column fallback: tables stay whole in logs.
 stdout = Console(width=None if sys.stdout.isatty() else 140)
@@ -44,7 +59,10 @@ def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except DeployforgeError as error:
-            stderr.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            message = str(error)
+            if isinstance(error, InvalidSetting):
+                message = f"{FLAGS.get(error.setting, error.setting)}: {message}"
+            stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("interrupted; no partial artifact was left behind", highlight=False)
@@ -66,23 +84,6 @@ def progress_status(enabled: bool = True) -> Iterator[Callable[[str], None]]:
 def print_json(payload: Any) -> None:
     """Write ``payload`` as JSON on stdout and nothing else."""
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def parse_threads(text: str) -> list[int]:
-    """Parse ``--threads`` (``4`` or ``1,2``) into positive integers.
-
-    Raises:
-        DeployforgeError: empty, non-numeric or non-positive entries.
-    """
-    values = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.lstrip("-").isdigit():
-            raise DeployforgeError(f"--threads expects positive integers like 4 or 1,2; got '{text}'")
-        if int(part) <= 0:
-            raise DeployforgeError(f"--threads must be at least 1; got '{text}'")
-        values.append(int(part))
-    return values
 
 
 def fmt(value: float | None, spec: str = ".3g") -> str:

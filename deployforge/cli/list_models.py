@@ -24,8 +24,8 @@ def list_command(
             "name": s.name,
             "family": s.family,
             "input_size": s.input_size,
-            "params_m": s.params_m,
-            "gmacs": s.gmacs,
+            "params_m": s.reference.params_m,
+            "gmacs": s.reference.gmacs,
             "timm_name": s.timm_name,
         }
         for s in specs

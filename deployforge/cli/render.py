@@ -1,21 +1,31 @@
-"""Tables shared by export and verify: the parity waterfall."""
+"""What export, verify and bench print: the parity waterfall, stage notes, sizes, JSON views."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+from pydantic import TypeAdapter
 from rich.table import Table
+
+from deployforge.measure import SizeReport
+from deployforge.report import CoreMLDetails, Report, StageRecord
 
 from .common import fmt
 
+_ROWS = TypeAdapter(list[StageRecord])
+_SIZE = TypeAdapter(SizeReport)
 
-def waterfall_table(report, title: str) -> Table:
-    """Render a report's stages as rows of rel-L2 / max-abs / cosine / top-1 and what each stage did."""
+
+def waterfall_table(report: Report, title: str) -> Table:
+    """Render a report's stages as rows of rel-L2 / max-abs / cosine / top-1 and tolerance."""
     table = Table(title=title, title_justify="left")
     for column in ("stage", "rel-L2", "max abs", "cosine", "top-1", "tol", "ok"):
         table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
     for row in report.stages:
         p = row.parity
         if p is None:
-            table.add_row(row.stage, "-", "-", "-", "-", "-", "[red]✗[/]" if "error" in row.details else "spec ✓")
+            table.add_row(row.stage, "-", "-", "-", "-", "-", "[red]✗[/]" if row.error else "spec ✓")
             continue
         table.add_row(
             row.stage,
@@ -29,11 +39,50 @@ def waterfall_table(report, title: str) -> Table:
     return table
 
 
-def stage_notes(report) -> list[str]:
-    """One line per stage: what it changed (counts, capture path, converter notes)."""
+def _notes(row: StageRecord) -> dict[str, Any]:
+    shown = {f.name: getattr(row.details, f.name) for f in dataclasses.fields(row.details)}
+    shown.pop("kind")
+    if isinstance(row.details, CoreMLDetails):
+        shown.pop("package")
+    shown["file"], shown["error"] = row.file, row.error
+    return {k: getattr(v, "value", v) for k, v in shown.items() if v not in (None, "")}
+
+
+def stage_notes(report: Report) -> list[str]:
+    """One line per stage: what it changed (counts, capture method, converter notes, errors)."""
     lines = []
     for row in report.stages:
-        shown = {k: v for k, v in row.details.items() if k != "spec" and v not in (None, "")}
+        shown = _notes(row)
         if shown:
             lines.append(f"  {row.stage}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items()))
     return lines
+
+
+def size_line(size: SizeReport) -> str:
+    """Params and MACs of an export in one line."""
+    return (
+        f"params: {size.params_train / 1e6:.3f} M train-time, {size.params_reparameterized / 1e6:.3f} M "
+        f"reparameterized, {size.params_deployed / 1e6:.3f} M deployed; "
+        f"MACs: {size.macs_deployed / 1e9:.3f} G (torch {size.macs_torch / 1e9:.3f} G)"
+    )
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The JSON view of an export or verification report."""
+    return {
+        "model": report.model,
+        "ok": report.ok,
+        "directory": str(report.directory) if report.directory else None,
+        "breaches": report.breaches,
+        "stages": _ROWS.dump_python(list(report.stages), mode="json"),
+    }
+
+
+def export_json(report: Report) -> dict[str, Any]:
+    """The JSON view of an export: the report, sizes and artifact digests."""
+    manifest = report.manifest
+    return {
+        **report_json(report),
+        "size": _SIZE.dump_python(manifest.size, mode="json"),
+        "artifacts": manifest.artifacts,
+    }

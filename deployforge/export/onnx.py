@@ -1,4 +1,4 @@
-"""ONNX export: opset 18, dynamic batch, checked by onnx's checker and full shape inference."""
+"""ONNX export: dynamic batch, checked by onnx's checker and full shape inference."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 
 import onnx
 import torch
+from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
-from deployforge.trace import Traced
+from deployforge.options import DEFAULT_OPSET
+from deployforge.trace import Capture, Traced
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-DEFAULT_OPSET = 18
+BATCH_DIM = "batch"
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,7 +39,7 @@ def max_runtime_ir_version() -> int:
 
 
 def _to_proto(traced: Traced, example: torch.Tensor, opset: int) -> onnx.ModelProto:
-    if traced.path == "torch.export":
+    if traced.capture is Capture.TORCH_EXPORT:
         program = torch.onnx.export(
             traced.program,
             (),
@@ -57,41 +59,68 @@ def _to_proto(traced: Traced, example: torch.Tensor, opset: int) -> onnx.ModelPr
         opset_version=opset,
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
     )
     return onnx.load_from_string(buffer.getvalue())
 
 
-def finalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Name the batch dimension, clamp the IR version for onnxruntime, run the checker and shape inference.
+def with_batch(model: onnx.ModelProto, batch: int | str) -> onnx.ModelProto:
+    """Return a copy of ``model`` whose inputs and outputs have ``batch`` as dimension 0.
+
+    Args:
+        model: the graph.
+        batch: a fixed size, or a name for a symbolic dimension.
+
+    Returns:
+        The copy; ``model`` is not modified.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+
+    def dims(values) -> dict[str, list[int | str]]:
+        def rest(value) -> list[int | str]:
+            shape = value.type.tensor_type.shape.dim[1:]
+            return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in shape]
+
+        return {v.name: [batch, *rest(v)] for v in values}
+
+    return update_inputs_outputs_dims(copy, dims(copy.graph.input), dims(copy.graph.output))
+
+
+def finalize(model: onnx.ModelProto, batch: int | None = None) -> onnx.ModelProto:
+    """Set the batch dimension, clamp the IR version for onnxruntime, run the checker and shape inference.
+
+    Args:
+        model: the exported graph.
+        batch: a fixed batch size, or ``None`` for a dynamic batch named ``batch``.
 
     Raises:
         onnx.checker.ValidationError / onnx.shape_inference.InferenceError: the graph is invalid.
     """
-    for value in (*model.graph.input, *model.graph.output):
-        dim = value.type.tensor_type.shape.dim[0]
-        if not dim.HasField("dim_value"):
-            dim.dim_param = "batch"
+    model = with_batch(model, BATCH_DIM if batch is None else batch)
     model.ir_version = min(model.ir_version, max_runtime_ir_version())
     onnx.checker.check_model(model, full_check=True)
     return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
 
 
-def export_onnx(traced: Traced, example: torch.Tensor, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def export_onnx(
+    traced: Traced, example: torch.Tensor, opset: int = DEFAULT_OPSET, batch: int | None = None
+) -> onnx.ModelProto:
     """Convert a captured graph to a checked ONNX model (in memory).
 
     Args:
         traced: the output of the trace stage.
         example: the input used to trace (needed by the ``torch.jit.trace`` fallback).
         opset: ONNX opset.
+        batch: a fixed batch size, or ``None`` for a dynamic batch named ``batch``.
 
     Returns:
-        The checked model with shapes inferred, batch dimension named ``batch``.
+        The checked model with shapes inferred.
     """
-    return finalize(_to_proto(traced, example, opset))
+    return finalize(_to_proto(traced, example, opset), batch)
 
 
-def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
+def simplify(model: onnx.ModelProto, batch: int | None = None) -> tuple[onnx.ModelProto | None, str]:
     """Try onnxsim on ``model``; return the simplified model (or ``None``) and what happened.
 
     The caller keeps the result only if it has fewer nodes and its parity is re-verified.
@@ -107,7 +136,7 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
     before, after = len(model.graph.node), len(simplified.graph.node)
     if after >= before:
         return None, f"onnxsim removed no nodes ({before})"
-    return finalize(simplified), f"onnxsim: {before} -> {after} nodes"
+    return finalize(simplified, batch), f"onnxsim: {before} -> {after} nodes"
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:

@@ -7,6 +7,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+
+def _batchnorm(bn: nn.Module) -> nn.modules.batchnorm._BatchNorm:
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None or bn.running_mean is None:
+        raise TypeError(f"expected an eval-mode BatchNorm with running statistics, got {type(bn).__name__}")
+    return bn
 
 
 def bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -17,11 +24,13 @@ def bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
 
     Returns:
         ``(t, s)`` with ``t = γ / sqrt(σ² + ε)`` and ``s = β − t·μ``, or ``None`` for an identity.
+
+    Raises:
+        TypeError: ``bn`` is neither an identity nor a BatchNorm with running statistics.
     """
     if isinstance(bn, nn.Identity):
         return None
-    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None:
-        raise TypeError(f"expected an eval-mode BatchNorm with running statistics, got {type(bn).__name__}")
+    bn = _batchnorm(bn)
     std = torch.sqrt(bn.running_var + bn.eps)
     gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
     beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
@@ -32,7 +41,9 @@ def bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
 def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold a BatchNorm that follows a conv/linear into its weight and bias.
 
-    ``W' = t·W`` per output channel and ``b' = β + t·(b − μ)``.
+    ``W' = t·W`` per output channel and ``b' = β + t·(b − μ)`` with ``t = γ / sqrt(σ² + ε)``, computed by
+    ``torch.nn.utils.fusion`` (``fuse_linear_bn_weights`` for a 2-D weight, ``fuse_conv_bn_weights``
+    otherwise). Pure: nothing is modified, and the results are new tensors detached from autograd.
 
     Args:
         weight: conv weight ``(out, in/groups, *k)`` or linear weight ``(out, in)``.
@@ -41,15 +52,22 @@ def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module) -> t
 
     Returns:
         The folded ``(weight, bias)``; the bias is always materialized.
+
+    Raises:
+        TypeError: ``bn`` is neither an identity nor a BatchNorm with running statistics.
     """
     weight = weight.detach()
-    bias = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias.detach()
-    affine = bn_scale_shift(bn)
-    if affine is None:
+    bias = None if bias is None else bias.detach()
+    if isinstance(bn, nn.Identity):
+        if bias is None:
+            return weight.clone(), weight.new_zeros(weight.shape[0])
         return weight.clone(), bias.clone()
-    t, s = (v.detach() for v in affine)
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    return weight * t.reshape(shape), t * bias + s
+    bn = _batchnorm(bn)
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_var)
+    fuse = fuse_linear_bn_weights if weight.dim() == 2 else fuse_conv_bn_weights
+    fused_weight, fused_bias = fuse(weight, bias, bn.running_mean, bn.running_var, bn.eps, gamma, beta)
+    return fused_weight.detach(), fused_bias.detach()
 
 
 def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:

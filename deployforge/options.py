@@ -1,0 +1,170 @@
+"""Every choice and numeric range of the pipeline, defined once; the CLI only maps them to flags.
+
+Nothing here imports torch, onnx or coremltools: the CLI reads these before any heavy import.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import InvalidSetting
+
+DEFAULT_OPSET = 18
+# The torch exporter writes opsets 17–25; asked for another one, it silently writes opset 18 instead.
+MIN_OPSET, MAX_OPSET = 17, 25
+MAX_BATCH = 1024  # upper bound of the dynamic batch dimension
+# Five stride-2 stages take a 32 px input down to 1×1; below that the feature maps vanish.
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 2048
+
+
+class Target(str, enum.Enum):
+    """What ``export`` writes."""
+
+    ONNX = "onnx"
+    COREML = "coreml"
+    ALL = "all"
+
+    @property
+    def writes_onnx(self) -> bool:
+        """Whether this target includes the ONNX artifacts."""
+        return self in (Target.ONNX, Target.ALL)
+
+    @property
+    def writes_coreml(self) -> bool:
+        """Whether this target includes the Core ML package."""
+        return self in (Target.COREML, Target.ALL)
+
+
+class Precision(str, enum.Enum):
+    """Core ML compute precision (inputs and outputs stay float32)."""
+
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class Against(str, enum.Enum):
+    """What ``bench`` times our deployed ONNX against."""
+
+    MULTI_BRANCH = "multi-branch"
+    TIMM = "timm"
+
+
+def choose(kind: type[enum.Enum], value: str | enum.Enum, setting: str, what: str) -> enum.Enum:
+    """Return the member of ``kind`` named by ``value``.
+
+    Args:
+        kind: the enum.
+        value: a member or its value.
+        setting: the setting's domain name, for the error.
+        what: how the error names the setting (``export target``).
+
+    Raises:
+        InvalidSetting: ``value`` is not one of the members.
+    """
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in kind)
+        raise InvalidSetting(setting, f"unknown {what} '{value}'; choose one of {choices}") from None
+
+
+def check_range(value: float, low: float, high: float, setting: str, what: str, whole: bool = True) -> None:
+    """Check ``low <= value <= high`` (and that ``value`` is a whole number when ``whole``).
+
+    Raises:
+        InvalidSetting: outside the range, not a number, or not whole.
+    """
+    kind = "a whole number" if whole else "a number"
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not is_number or (whole and value != int(value)) or not low <= value <= high:
+        upper = "" if math.isinf(high) else f" and at most {high:g}"
+        raise InvalidSetting(setting, f"{what} must be {kind} at least {low:g}{upper}; got {value!r}")
+
+
+def parse_batch(text: str) -> int | None:
+    """``dynamic`` → ``None``; a whole number → itself (range-checked by :class:`ExportSettings`).
+
+    Raises:
+        InvalidSetting: anything else.
+    """
+    if text == "dynamic":
+        return None
+    if text.strip().lstrip("-").isdigit():
+        return int(text)
+    raise InvalidSetting("batch", f"batch size must be a whole number or 'dynamic'; got '{text}'")
+
+
+def parse_counts(text: str, setting: str, what: str) -> list[int]:
+    """Parse a comma-separated list of whole numbers (``4`` or ``1,2``); the records check their ranges.
+
+    Raises:
+        InvalidSetting: an empty or non-numeric entry.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.lstrip("-").isdigit() for part in parts):
+        raise InvalidSetting(setting, f"{what} expects whole numbers like 4 or 1,2; got '{text}'")
+    return [int(part) for part in parts]
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How ``export`` runs; every field is checked when the record is made.
+
+    Attributes:
+        target: the artifacts to write.
+        precision: Core ML compute precision.
+        opset: ONNX opset.
+        batch: a fixed batch size, or ``None`` for a dynamic batch (Core ML then uses batch 1).
+        input_size: square input side, or ``None`` for the variant's published size.
+    """
+
+    target: Target = Target.ALL
+    precision: Precision = Precision.FP16
+    opset: int = DEFAULT_OPSET
+    batch: int | None = None
+    input_size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", choose(Target, self.target, "target", "export target"))
+        object.__setattr__(self, "precision", choose(Precision, self.precision, "precision", "Core ML precision"))
+        check_range(self.opset, MIN_OPSET, MAX_OPSET, "opset", "ONNX opset")
+        if self.batch is not None:
+            check_range(self.batch, 1, MAX_BATCH, "batch", "batch size")
+        if self.input_size is not None:
+            check_range(self.input_size, MIN_INPUT_SIZE, MAX_INPUT_SIZE, "input_size", "input size")
+
+
+def names(kind: Iterable[enum.Enum]) -> str:
+    """``a|b|c``: the values of an enum, for help texts."""
+    return "|".join(str(m.value) for m in kind)
+
+
+@dataclass(frozen=True)
+class TimingProtocol:
+    """How latency is measured (docs/design.md, "Latency protocol"); every field is checked when made.
+
+    Attributes:
+        threads: onnxruntime ``intra_op_num_threads``.
+        runs: minimum timed runs per model (timing stops at ``MAX_RUNS_FACTOR · runs``).
+        warmup_s: minimum warm-up seconds per model (after at least ``MIN_WARMUP_RUNS`` runs).
+        min_time_s: minimum seconds of timing.
+        batch: images per inference call.
+        seed: seed of the random inputs and of the bootstrap.
+    """
+
+    threads: int = 1
+    runs: int = 50
+    warmup_s: float = 1.0
+    min_time_s: float = 5.0
+    batch: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range(self.threads, 1, math.inf, "threads", "thread count")
+        check_range(self.runs, 1, math.inf, "runs", "timed runs")
+        check_range(self.warmup_s, 0, math.inf, "warmup_s", "warm-up seconds", whole=False)
+        check_range(self.min_time_s, 0, math.inf, "min_time_s", "timing seconds", whole=False)
+        check_range(self.batch, 1, MAX_BATCH, "batch", "batch size")

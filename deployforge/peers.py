@@ -1,0 +1,117 @@
+"""Peer baselines: the same weights exported the way a user of another tool does it, timed against ours.
+
+timm is the peer for every family it ships: its model gets seeded, stressed random weights; our export
+loads that very state dict (through the family's key map), so both graphs compute the same function. That
+is checked (rel-L2 on the parity batch) before anything is timed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import onnx
+import torch
+
+from .bench import BenchRow, bench_pair
+from .errors import DeployforgeError
+from .export.onnx import INPUT_NAME, OUTPUT_NAME, run_onnx
+from .measure import onnx_macs
+from .options import DEFAULT_OPSET, MAX_BATCH, Against, ExportSettings, Target, TimingProtocol
+from .parity import TOLERANCES, compare
+from .pipeline import DEFAULT_SEED, export, parity_inputs
+from .registry import ModelSpec
+from .stress import stress_weights
+
+
+def _timm_model(spec: ModelSpec) -> torch.nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise DeployforgeError("timm is not installed; pip install timm to bench against it") from None
+    if spec.timm_name is None:
+        raise DeployforgeError(f"{spec.name} has no timm counterpart; bench it against its multi-branch original")
+    torch.manual_seed(DEFAULT_SEED)
+    return stress_weights(timm.create_model(spec.timm_name, pretrained=False), DEFAULT_SEED).eval()
+
+
+def export_timm_reparameterized(model: torch.nn.Module, input_size: int, path: Path, opset: int) -> Path:
+    """Reparameterize with ``timm.utils.reparameterize_model`` and export with ``torch.onnx.export``.
+
+    Args:
+        model: timm's train-time model.
+        input_size: square input side.
+        path: the ONNX file to write.
+        opset: ONNX opset.
+
+    Returns:
+        ``path``.
+    """
+    from timm.utils import reparameterize_model
+
+    deployed = reparameterize_model(model).eval()
+    example = torch.randn(1, 3, input_size, input_size)
+    torch.onnx.export(
+        deployed,
+        (example,),
+        str(path),
+        dynamo=True,
+        opset_version=opset,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        external_data=False,
+        verbose=False,
+    )
+    return path
+
+
+def bench_against_timm(
+    spec: ModelSpec,
+    scratch: Path,
+    protocols: Sequence[TimingProtocol],
+    opset: int = DEFAULT_OPSET,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[BenchRow]:
+    """Time timm's own reparameterized export against ours, same weights, interleaved, once per protocol.
+
+    Args:
+        spec: a registered model timm ships.
+        scratch: a directory for the checkpoint and both exports.
+        protocols: one timing protocol per row.
+        opset: ONNX opset of both exports.
+        progress: called as each step starts.
+
+    Returns:
+        One row per protocol; ``rel_l2`` is timm's export against ours on the parity batch.
+
+    Raises:
+        DeployforgeError: timm missing or without this model, a failed export, or the two exports disagree.
+    """
+    from safetensors.torch import save_file
+
+    progress(f"{spec.name}: build timm's {spec.timm_name} with stressed random weights")
+    model = _timm_model(spec)
+    weights = Path(scratch) / f"{spec.name}.timm.safetensors"
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    settings = ExportSettings(target=Target.ONNX, opset=opset)
+    report = export(spec, settings, out=Path(scratch) / "ours", weights=weights, progress=progress)
+    if not report.ok:
+        raise DeployforgeError(f"{spec.name}: export failed parity ({'; '.join(report.breaches)})")
+    ours = report.directory / f"{spec.name}.onnx"
+    progress(f"{spec.name}: export timm's reparameterized model")
+    peer = export_timm_reparameterized(model, spec.input_size, Path(scratch) / f"{spec.name}.timm.onnx", opset)
+    inputs = parity_inputs(spec.input_size, count=2).numpy()
+    agreement = compare(run_onnx(peer, inputs), run_onnx(ours, inputs), TOLERANCES["onnx"])
+    if not agreement.ok:
+        raise DeployforgeError(
+            f"{spec.name}: timm's export and ours disagree (rel-L2 {agreement.rel_l2:.3g}); timing them would "
+            "compare two different functions"
+        )
+    peer_macs = onnx_macs(onnx.load(str(peer)))
+    rows = []
+    for protocol in protocols:
+        progress(f"{spec.name}: timing timm vs ours at {protocol.threads} thread(s)")
+        pair = bench_pair(peer, ours, protocol, peer_macs, report.manifest.size.macs_onnx)
+        rows.append(BenchRow(spec.name, Against.TIMM.value, report.manifest.size, pair, agreement.rel_l2))
+    return rows

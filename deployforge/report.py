@@ -1,0 +1,187 @@
+"""The typed records a run produces: one waterfall row per stage or artifact, and the whole report.
+
+Each row carries the parity of its stage against the multi-branch original and a small record of what the
+stage did. The same records are rendered by the CLI, written into the manifest and read back by ``verify``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field
+
+from .options import Precision
+from .parity import Parity
+from .trace import Capture
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
+
+
+@dataclass(frozen=True)
+class FuseDetails:
+    """What the fuse stage folded.
+
+    Attributes:
+        bns_folded: BatchNorms folded into the conv/linear that alone feeds them.
+        bns_left_for_merge: BatchNorms left for the reparameterize stage (branch BNs, shared producers).
+    """
+
+    bns_folded: int
+    bns_left_for_merge: int
+    kind: Literal["fuse"] = "fuse"
+
+
+@dataclass(frozen=True)
+class MergeDetails:
+    """What the reparameterize stage merged.
+
+    Attributes:
+        branches_merged: parallel branches merged into single convs.
+        layer_scales_folded: layer scales folded into the projection that feeds them.
+        norms_folded: BatchNorms folded forward into the linear layer that reads them.
+    """
+
+    branches_merged: int
+    layer_scales_folded: int
+    norms_folded: int
+    kind: Literal["reparameterize"] = "reparameterize"
+
+
+@dataclass(frozen=True)
+class CaptureDetails:
+    """How the trace stage captured the graph.
+
+    Attributes:
+        capture: the method used.
+        fallback_reason: why ``torch.export`` was not used, if it was not.
+    """
+
+    capture: Capture
+    fallback_reason: str | None = None
+    kind: Literal["trace"] = "trace"
+
+
+@dataclass(frozen=True)
+class OnnxDetails:
+    """An ONNX artifact.
+
+    Attributes:
+        opset: ONNX opset of the graph (``None`` when only run, not written, by this row).
+        ir_version: ONNX IR version.
+        simplify: what onnxsim did.
+    """
+
+    opset: int | None = None
+    ir_version: int | None = None
+    simplify: str | None = None
+    kind: Literal["onnx"] = "onnx"
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    """What an ``.mlpackage``'s spec declares (read without running it).
+
+    Attributes:
+        inputs: input name → shape.
+        outputs: output name → shape (empty when the spec leaves it open).
+        spec_version: Core ML specification version.
+        model_type: the spec's model type (``mlProgram``).
+    """
+
+    inputs: dict[str, tuple[int, ...]]
+    outputs: dict[str, tuple[int, ...]]
+    spec_version: int
+    model_type: str
+
+
+@dataclass(frozen=True)
+class CoreMLDetails:
+    """A Core ML package.
+
+    Attributes:
+        capture: how the model was captured for the converter.
+        fallback_reason: why ``torch.export`` was not used, if it was not.
+        precision: compute precision.
+        deployment_target: minimum OS the package targets.
+        input_shape: the fixed input shape the package accepts.
+        package: the package's spec as read back, if it could be read.
+        numerics: what was checked of its numbers.
+    """
+
+    capture: Capture
+    fallback_reason: str | None
+    precision: Precision
+    deployment_target: str
+    input_shape: tuple[int, ...]
+    package: PackageSpec | None = None
+    numerics: str = "not run here: Core ML predicts only on macOS"
+    kind: Literal["coreml"] = "coreml"
+
+
+StageDetails = Annotated[
+    FuseDetails | MergeDetails | CaptureDetails | OnnxDetails | CoreMLDetails, Field(discriminator="kind")
+]
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One row of the parity waterfall.
+
+    Attributes:
+        stage: stage name (``fuse``, ``reparameterize``, ``trace``, ``onnx``, ``onnx-multibranch``, ...).
+        parity: agreement with the original, or ``None`` where numerics cannot be run here.
+        details: what the stage did.
+        file: the artifact this row ran, when it ran one.
+        error: why the row failed outside its numbers (an unreadable artifact, a wrong spec).
+    """
+
+    stage: str
+    parity: Parity | None
+    details: StageDetails
+    file: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the row is within tolerance (or has no numbers) and has no error."""
+        return self.error is None and (self.parity is None or self.parity.ok)
+
+    def breach(self) -> str | None:
+        """The row's failure as one line, or ``None``."""
+        if self.error is not None:
+            return f"{self.file or self.stage}: {self.error}"
+        if self.parity is not None and not self.parity.ok:
+            return f"{self.stage}: rel-L2 {self.parity.rel_l2:.3g} > {self.parity.tolerance:g}"
+        return None
+
+
+def breaches_of(rows: list[StageRecord]) -> list[str]:
+    """Every failing row, in pipeline order."""
+    return [b for b in (row.breach() for row in rows) if b is not None]
+
+
+@dataclass
+class Report:
+    """Result of an export or a verification.
+
+    Attributes:
+        model: registry name.
+        stages: the parity waterfall, in pipeline order.
+        breaches: one line per failure (stage over tolerance, altered artifact, bad spec).
+        manifest: the manifest written (export) or read back (verify).
+        directory: where the artifacts are (``None`` when an export wrote nothing).
+    """
+
+    model: str
+    stages: list[StageRecord]
+    breaches: list[str]
+    manifest: Manifest | None = None
+    directory: Path | None = field(default=None)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing breached."""
+        return not self.breaches
