@@ -207,7 +207,7 @@ def thread_warning(threads: int, cores: int | None = None) -> str | None:
     cores = available_cores() if cores is None else cores
     if threads > cores:
         return (
-            f"--threads {threads} exceeds the {cores} available core(s): "
+            f"{threads} threads exceed the {cores} available core(s): "
             "threads will time-share cores and latencies will be inflated"
         )
     return None
@@ -279,7 +279,7 @@ def make_feed(
                     if i == 0 and d != batch:
                         raise DeployforgeError(
                             f"input {inp.name!r} has a fixed batch of {d}, not {batch}: bench with "
-                            f"batch {d} or export with --batch dynamic"
+                            f"batch {d} or export with a dynamic batch"
                         )
                     shape.append(d)
                 elif i == 0:

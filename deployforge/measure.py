@@ -6,6 +6,7 @@ ops are not counted (docs/design.md, "Model zoo sizes"). onnx's shape inference 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -48,6 +49,18 @@ class SizeReport:
     macs_onnx_multibranch: int | None = None
     onnx_nodes: int | None = None
     onnx_batchnorm_nodes: int | None = None
+
+    def with_onnx(self, deployed: onnx.ModelProto, multi_branch: onnx.ModelProto) -> SizeReport:
+        """A copy with the figures of the deployed and the multi-branch ONNX graphs filled in."""
+        return dataclasses.replace(
+            self,
+            params_onnx=onnx_params(deployed),
+            macs_onnx=onnx_macs(deployed),
+            params_onnx_multibranch=onnx_params(multi_branch),
+            macs_onnx_multibranch=onnx_macs(multi_branch),
+            onnx_nodes=len(deployed.graph.node),
+            onnx_batchnorm_nodes=sum(n.op_type == "BatchNormalization" for n in deployed.graph.node),
+        )
 
     @property
     def params_deployed(self) -> int:

@@ -32,7 +32,7 @@ from .manifest import (
     sha256_file,
     tool_versions,
 )
-from .measure import SizeReport, onnx_macs, onnx_params, torch_macs, torch_params
+from .measure import SizeReport, torch_macs, torch_params
 from .options import ExportSettings
 from .parity import TOLERANCES, compare
 from .registry import ModelSpec
@@ -198,7 +198,7 @@ class _Run:
         return slice(self.settings.batch)
 
 
-def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], dict[str, int]]:
+def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], onnx.ModelProto, onnx.ModelProto]:
     spec, settings, probe = run.spec, run.settings, run.inputs[:2]
     inputs, reference = run.inputs[run.batch_slice], run.reference[run.batch_slice]
     run.progress("export ONNX (reparameterized)")
@@ -222,18 +222,7 @@ def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], dict[str, int]]:
     multi = onnx_export.export_onnx(trace(run.original, probe), probe, settings.opset, settings.batch)
     onnx_export.save_onnx(multi, run.staging / multi_name)
     rows.append(onnx_record("onnx-multibranch", run.staging / multi_name, inputs, reference, file=multi_name))
-    return rows, _onnx_sizes(model, multi)
-
-
-def _onnx_sizes(deployed: onnx.ModelProto, multi: onnx.ModelProto) -> dict[str, int]:
-    return {
-        "params_onnx": onnx_params(deployed),
-        "macs_onnx": onnx_macs(deployed),
-        "params_onnx_multibranch": onnx_params(multi),
-        "macs_onnx_multibranch": onnx_macs(multi),
-        "onnx_nodes": len(deployed.graph.node),
-        "onnx_batchnorm_nodes": sum(n.op_type == "BatchNormalization" for n in deployed.graph.node),
-    }
+    return rows, model, multi
 
 
 def _coreml_artifact(run: _Run, input_size: int) -> StageRecord:
@@ -284,12 +273,6 @@ def export(
     with staged(out / spec.name) as stage:
         stage.path.mkdir()
         run = _Run(spec, settings, original, outputs, inputs, reference, stage.path, progress)
-        onnx_sizes: dict[str, int] = {}
-        if settings.target.writes_onnx:
-            onnx_rows, onnx_sizes = _onnx_artifacts(run)
-            rows += onnx_rows
-        if settings.target.writes_coreml:
-            rows.append(_coreml_artifact(run, input_size))
         size = SizeReport(
             params_train=torch_params(original),
             params_reparameterized=torch_params(reparameterize(original)[0]),
@@ -297,8 +280,13 @@ def export(
             macs_torch=torch_macs(outputs.reparameterized, inputs[:1]),
             reference_params_m=spec.reference.params_m,
             reference_gmacs=spec.reference.gmacs,
-            **onnx_sizes,
         )
+        if settings.target.writes_onnx:
+            onnx_rows, deployed, multi_branch = _onnx_artifacts(run)
+            rows += onnx_rows
+            size = size.with_onnx(deployed, multi_branch)
+        if settings.target.writes_coreml:
+            rows.append(_coreml_artifact(run, input_size))
         batch_dim = settings.batch if settings.batch is not None else onnx_export.BATCH_DIM
         manifest = Manifest(
             schema=SCHEMA_VERSION,

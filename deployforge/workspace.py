@@ -1,17 +1,20 @@
 """Which model directories a command works on: model names or directories → ``OUT/MODEL`` directories.
 
 ``verify`` and ``bench`` share the rule: no target means every export under the output root; a directory
-means the exports at or directly under it; a name means ``OUT/NAME``, or (where the command allows it) a
-fresh export of that model into a scratch directory.
+means the exports at or directly under it; a name means ``OUT/NAME``. Where the command allows it (bench),
+a model with no export is exported into a scratch directory, and an export that lacks what the command
+needs (an ONNX pair, after ``export --to coreml``) is exported again there from its manifest: same
+weights, input size, batch and opset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import DeployforgeError
-from .manifest import MANIFEST
+from .manifest import MANIFEST, read_manifest
 from .options import ExportSettings
 
 Progress = Callable[[str], None]
@@ -30,65 +33,83 @@ def has_onnx_pair(directory: Path) -> bool:
     return any(directory.glob("*.multibranch.onnx"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Scratch:
+    """Where and how a command may export what it needs.
+
+    Attributes:
+        directory: the scratch output root.
+        settings: the export settings (input size, batch and opset are taken from an existing manifest).
+        usable: whether an export directory already has what the command needs.
+    """
+
+    directory: Path
+    settings: ExportSettings
+    usable: Callable[[Path], bool]
+
+
 def resolve_model_dirs(
-    targets: Sequence[str],
-    out: Path,
-    scratch: Path | None = None,
-    export_settings: ExportSettings | None = None,
-    usable: Callable[[Path], bool] = lambda _: True,
-    progress: Progress = lambda _: None,
+    targets: Sequence[str], out: Path, scratch: Scratch | None = None, progress: Progress = lambda _: None
 ) -> list[Path]:
     """Map targets (model names or directories; none = everything under ``out``) to model directories.
 
     Args:
         targets: model names or export directories.
         out: the output root ``export`` writes to.
-        scratch: where to export a named model that has no usable export under ``out``; ``None`` makes
-            that an error.
-        export_settings: how to export into ``scratch``.
-        usable: whether an export directory has what the command needs.
+        scratch: where to export a model whose export is missing or unusable; ``None`` makes a missing
+            export an error and takes every export as it is.
         progress: called as each scratch export starts.
 
     Returns:
         The model directories, in target order.
 
     Raises:
-        DeployforgeError: an unknown name, a directory without exports, or nothing usable found.
+        DeployforgeError: an unknown name, a directory without exports, or nothing found.
     """
     out = Path(out)
-    if not targets:
-        found = [d for d in find_model_dirs(out) if usable(d)]
-        if not found:
-            raise DeployforgeError(f"no usable exports (manifest.json) under {out}; run `deployforge export MODEL`")
-        return found
     dirs: list[Path] = []
-    for target in targets:
+    for target in targets or [out]:
         path = Path(target)
-        if path.is_dir():
-            found = find_model_dirs(path)
+        if path.is_dir() or not targets:
+            found = find_model_dirs(path) if path.is_dir() else []
             if not found:
                 raise DeployforgeError(
                     f"no exported artifacts (manifest.json) under {path}; run `deployforge export MODEL`"
                 )
-            dirs += found
-        elif (out / target / MANIFEST).is_file() and usable(out / target):
-            dirs.append(out / target)
+        elif (out / target / MANIFEST).is_file():
+            found = [out / target]
         else:
-            dirs.append(_export_missing(target, out, scratch, export_settings, progress))
+            found = [_export_new(target, out, scratch, progress)]
+        dirs += [_usable(d, scratch, progress) for d in found]
     return dirs
 
 
-def _export_missing(
-    name: str, out: Path, scratch: Path | None, settings: ExportSettings | None, progress: Progress
-) -> Path:
+def _export_new(name: str, out: Path, scratch: Scratch | None, progress: Progress) -> Path:
     from .registry import get_spec
 
     spec = get_spec(name)  # unknown names get the close-match error
     if scratch is None:
         raise DeployforgeError(f"no artifacts for {name} under {out}; run `deployforge export {name}` first")
+    return _export(spec, scratch, scratch.settings, None, progress)
+
+
+def _usable(directory: Path, scratch: Scratch | None, progress: Progress) -> Path:
+    if scratch is None or scratch.usable(directory):
+        return directory
+    from .registry import get_spec
+
+    manifest = read_manifest(directory)
+    used = manifest.settings
+    settings = dataclasses.replace(scratch.settings, opset=used.opset, batch=used.batch, input_size=used.input_size)
+    weights = Path(manifest.weights.source) if manifest.weights.sha256 else None
+    progress(f"{manifest.model}: the export in {directory} lacks what is needed; exporting it again")
+    return _export(get_spec(manifest.model), scratch, settings, weights, progress)
+
+
+def _export(spec, scratch: Scratch, settings: ExportSettings, weights: Path | None, progress: Progress) -> Path:
     from . import pipeline
 
-    report = pipeline.export(spec, settings, out=scratch, progress=progress)
+    report = pipeline.export(spec, settings, out=scratch.directory, weights=weights, progress=progress)
     if not report.ok:
-        raise DeployforgeError(f"{name}: export failed parity ({'; '.join(report.breaches)})")
+        raise DeployforgeError(f"{spec.name}: export failed parity ({'; '.join(report.breaches)})")
     return report.directory

@@ -34,10 +34,9 @@ from .blocks import ConvNorm, InvertedResidual, Mlp, TokenSelfAttention, Transfo
 from .head import ClassifierHead
 from .spec import ModelSpec, ReferenceSize
 
-# cvnets-trained MobileViT checkpoints take RGB scaled to [0, 1] without mean/std normalization (timm's cfg).
-INPUT_MEAN = (0.0, 0.0, 0.0)
-INPUT_STD = (1.0, 1.0, 1.0)
-INPUT_SIZE = 256
+# cvnets-trained MobileViT (v1 and v2) checkpoints take 256 px RGB scaled to [0, 1] without mean/std
+# normalization (timm's cfg): the spec fields both versions share.
+CVNETS_INPUT = {"input_size": 256, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 
 # timm (ByobNet) name → ours, per dotted path component, for the shared InvertedResidual block.
 MV2_RENAMES: dict[str, str] = {"conv1_1x1": "conv_pw", "conv2_kxk": "conv_dw", "conv3_1x1": "conv_pwl"}
@@ -293,15 +292,7 @@ def mobilevit(config: MobileViTConfig, num_classes: int = 1000) -> MobileViTNet:
 
 
 SOURCE = "params and MACs measured on timm's mobilevit_* of the same name, reparameterized, at 256 px"
-_mobilevit = partial(
-    ModelSpec,
-    family="mobilevit",
-    builder=mobilevit,
-    input_size=INPUT_SIZE,
-    key_map=key_map,
-    mean=INPUT_MEAN,
-    std=INPUT_STD,
-)
+_mobilevit = partial(ModelSpec, family="mobilevit", builder=mobilevit, key_map=key_map, **CVNETS_INPUT)
 
 SPECS: tuple[ModelSpec, ...] = (
     _mobilevit(

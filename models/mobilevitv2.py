@@ -28,9 +28,7 @@ from torch.nn import functional as F
 
 from .blocks import Mlp, SeparableSelfAttention, fold_patches, make_divisible, unfold_patches
 from .mobilevit import (
-    INPUT_MEAN,
-    INPUT_SIZE,
-    INPUT_STD,
+    CVNETS_INPUT,
     MV2_RENAMES,
     LocalGlobalBlock,
     MobileViTNet,
@@ -151,15 +149,7 @@ def mobilevitv2(config: MobileViTV2Config, num_classes: int = 1000) -> MobileViT
 
 
 SOURCE = "params and MACs measured on timm's mobilevitv2_* of the same name, reparameterized, at 256 px"
-_mobilevitv2 = partial(
-    ModelSpec,
-    family="mobilevitv2",
-    builder=mobilevitv2,
-    input_size=INPUT_SIZE,
-    key_map=key_map,
-    mean=INPUT_MEAN,
-    std=INPUT_STD,
-)
+_mobilevitv2 = partial(ModelSpec, family="mobilevitv2", builder=mobilevitv2, key_map=key_map, **CVNETS_INPUT)
 
 SPECS: tuple[ModelSpec, ...] = (
     _mobilevitv2(

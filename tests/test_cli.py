@@ -171,6 +171,23 @@ def test_verify_detects_tampered_onnx(exported, tmp_path):
     assert multi_stage["parity"]["ok"] is True
 
 
+def test_readme_flow_in_an_empty_directory(tmp_path, monkeypatch):
+    """export --to coreml, verify, bench: typed in that order in an empty directory, each exits 0."""
+    monkeypatch.chdir(tmp_path)
+    exported = invoke("export", MODEL, "--to", "coreml", "--input-size", SIZE)
+    assert exported.exit_code == 0, exported.output
+    verified = invoke("verify")
+    assert verified.exit_code == 0, verified.output
+    quick = ("--runs", "3", "--warmup-s", "0", "--min-time-s", "0")
+    benched = invoke("bench", "--threads", "1", *quick, "--json")
+    assert benched.exit_code == 0, benched.output
+    (row,) = json.loads(benched.stdout)
+    assert row["model"] == MODEL and row["against"] == "multi-branch"
+    # bench exported the ONNX pair it needed into a scratch directory; the user's export is as it was
+    assert listing(tmp_path) == ["deployforge-out"]
+    assert listing(tmp_path / "deployforge-out" / MODEL) == [f"{MODEL}.mlpackage", "manifest.json"]
+
+
 # --- bad inputs: exit 2, one line naming the problem, nothing left behind ----------------------------
 
 
@@ -295,12 +312,15 @@ def test_previous_manifest_schema_is_refused(exported, tmp_path):
 
 
 def test_verify_and_bench_resolve_targets_alike(exported, empty_out):
-    from deployforge.workspace import has_onnx_pair, resolve_model_dirs
+    from deployforge.options import ExportSettings
+    from deployforge.workspace import Scratch, has_onnx_pair, resolve_model_dirs
 
+    needs_onnx = Scratch(empty_out, ExportSettings(target="onnx"), has_onnx_pair)
     by_dir = resolve_model_dirs([str(exported)], empty_out)
     by_name = resolve_model_dirs([MODEL], exported)
-    by_default = resolve_model_dirs([], exported, usable=has_onnx_pair)
+    by_default = resolve_model_dirs([], exported, needs_onnx)
     assert by_dir == by_name == by_default == [exported / MODEL]
+    assert listing(empty_out) == []  # the exports were usable: nothing was exported again
     message = assert_usage_error(invoke("verify", MODEL, "--out", empty_out), "no artifacts for", MODEL)
     assert "deployforge export" in message
 

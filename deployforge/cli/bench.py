@@ -77,10 +77,10 @@ def bench_command(
 
 def _against_multi_branch(targets: list[str], out: Path, scratch: Path, protocols, progress) -> list:
     from deployforge.bench import bench_export
-    from deployforge.workspace import has_onnx_pair, resolve_model_dirs
+    from deployforge.workspace import Scratch, has_onnx_pair, resolve_model_dirs
 
-    settings = ExportSettings(target=Target.ONNX)
-    dirs = resolve_model_dirs(targets, out, scratch, settings, usable=has_onnx_pair, progress=progress)
+    needs = Scratch(scratch, ExportSettings(target=Target.ONNX), has_onnx_pair)
+    dirs = resolve_model_dirs(targets, out, needs, progress)
     return [row for directory in dirs for row in bench_export(directory, protocols, progress)]
 
 
