@@ -1,8 +1,9 @@
 """Latency tables per family: our deployed ONNX against the multi-branch original (and timm's own export).
 
-A short script over the library: ``deployforge.pipeline.export`` exports each model into a scratch directory,
-``deployforge.bench.bench_export`` and ``deployforge.peers.bench_against_timm`` time the pairs interleaved
-(the protocol of docs/design.md, "Latency protocol"); this script only writes the rows as
+A short script over the library, the calls ``deployforge bench`` makes: ``deployforge.workspace`` exports
+each model into a scratch directory (``deployforge.peers.prepare_timm_peer`` with timm's weights for
+``--vs-timm``), ``deployforge.bench.bench_export`` and ``deployforge.peers.bench_timm_peer`` time the pairs
+interleaved (the protocol of docs/design.md, "Latency protocol"); this script only writes the rows as
 ``OUT/bench_<family>.csv`` and ``OUT/bench_<family>.md`` with a verdict per target.
 
 Only ratios of medians measured interleaved are meaningful on a shared machine; absolute times are context.
@@ -22,15 +23,15 @@ import os
 import platform
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 from deployforge.bench import BenchRow, available_cores, bench_export
 from deployforge.errors import DeployforgeError
+from deployforge.manifest import tool_versions
 from deployforge.options import Against, ExportSettings, Target, TimingProtocol, parse_counts
-from deployforge.peers import bench_against_timm
-from deployforge.pipeline import export
+from deployforge.peers import bench_timm_peer, prepare_timm_peer
 from deployforge.registry import get_spec, list_models
+from deployforge.workspace import Scratch, has_onnx_pair, resolve_model_dirs
 
 # Targets are ratios of medians (baseline p50 / ours p50), never absolute times; None = every model/thread.
 TARGETS = {
@@ -40,7 +41,7 @@ TARGETS = {
 COLUMNS = {
     "model": lambda r: r.model,
     "threads": lambda r: r.pair.threads,
-    "baseline": lambda r: r.against,
+    "baseline": lambda r: r.against.value,
     "baseline p50 ms": lambda r: f"{r.pair.baseline.p50_ms:.2f}",
     "ours p50 ms": lambda r: f"{r.pair.deployed.p50_ms:.2f}",
     "speedup": lambda r: f"{r.pair.speedup:.3f}",
@@ -54,7 +55,7 @@ COLUMNS = {
 
 def target_of(row: BenchRow) -> float | None:
     """The speedup target a row is judged against, if any."""
-    for key in ((row.against, row.model, row.pair.threads), (row.against, None, None)):
+    for key in ((row.against.value, row.model, row.pair.threads), (row.against.value, None, None)):
         if key in TARGETS:
             return TARGETS[key]
     return None
@@ -68,7 +69,7 @@ def verdict(row: BenchRow) -> str | None:
     low, high = row.pair.speedup_ci
     state = "met" if low >= target else "within noise (CI straddles it)" if high >= target else "missed"
     return (
-        f"{row.model} @ {row.pair.threads} thread(s), ours vs {row.against}: {row.pair.speedup:.3f} "
+        f"{row.model} @ {row.pair.threads} thread(s), ours vs {row.against.value}: {row.pair.speedup:.3f} "
         f"[{low:.3f}, {high:.3f}], target ≥ {target:g}× → {state}"
     )
 
@@ -79,7 +80,8 @@ def machine_line() -> str:
     lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
     models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     cpu = models[0] if models else platform.processor() or "unknown CPU"
-    tools = ", ".join(f"{t} {metadata.version(t)}" for t in ("onnxruntime", "torch", "timm"))
+    versions = tool_versions()
+    tools = ", ".join(f"{t} {versions[t]}" for t in ("onnxruntime", "torch", "timm"))
     return f"{available_cores()} cores available ({os.cpu_count()} logical), {cpu}; {tools}"
 
 
@@ -134,15 +136,17 @@ def main(argv: list[str] | None = None) -> int:
         protocols = [dataclasses.replace(base, threads=n) for n in parse_counts(args.threads, "threads", "threads")]
         tables: dict[str, list[BenchRow]] = {}
         with tempfile.TemporaryDirectory(prefix="bench_table.") as scratch:
+            needs_onnx = Scratch(Path(scratch), ExportSettings(target=Target.ONNX), has_onnx_pair)
             for spec in specs:
                 print(f"{spec.name}: exporting and timing", file=sys.stderr, flush=True)
-                report = export(spec, ExportSettings(target=Target.ONNX), out=Path(scratch))
-                if not report.ok:
-                    raise DeployforgeError(f"{spec.name}: export failed parity ({'; '.join(report.breaches)})")
                 rows = tables.setdefault(spec.family, [])
-                rows += bench_export(report.directory, protocols)
                 if args.vs_timm and spec.timm_name:
-                    rows += bench_against_timm(spec, Path(scratch), protocols)
+                    # one export of timm's weights serves both comparisons
+                    peer = prepare_timm_peer(spec, Path(scratch) / spec.name)
+                    rows += bench_export(peer.ours, protocols) + bench_timm_peer(peer, protocols)
+                else:
+                    (directory,) = resolve_model_dirs([spec.name], Path(scratch) / "none", needs_onnx)
+                    rows += bench_export(directory, protocols)
                 # rewritten after every model, so an interrupted run keeps what it measured
                 written = [p for family, r in tables.items() for p in write_table(family, r, args.out, base)]
     except DeployforgeError as error:

@@ -6,6 +6,7 @@ imports onnxruntime at the top.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -51,7 +52,7 @@ class LatencyStats:
         batch: images per inference call.
         threads: ``intra_op_num_threads`` of the session (None when unknown).
         macs: multiply-accumulates of one image (None when unknown).
-        samples_ms: the raw timings, milliseconds (left out of ``as_dict`` unless asked).
+        samples_ms: the raw timings, milliseconds (for the bootstrap; left out of ``as_dict``).
     """
 
     p50_ms: float
@@ -113,16 +114,9 @@ class LatencyStats:
             return None
         return 2.0 * self.macs * self.batch / (self.p50_ms * 1e-3) / 1e9
 
-    def as_dict(self, include_samples: bool = False) -> dict:
-        """JSON-ready view including ``gflops``.
-
-        Args:
-            include_samples: also include the raw timings as ``samples_ms``.
-
-        Returns:
-            A dict of plain Python values.
-        """
-        d = {
+    def as_dict(self) -> dict:
+        """JSON-ready view including ``gflops`` (the raw timings left out)."""
+        return {
             "p50_ms": self.p50_ms,
             "p90_ms": self.p90_ms,
             "p99_ms": self.p99_ms,
@@ -135,9 +129,6 @@ class LatencyStats:
             "macs": self.macs,
             "gflops": self.gflops,
         }
-        if include_samples:
-            d["samples_ms"] = list(self.samples_ms)
-        return d
 
 
 @dataclass
@@ -162,19 +153,12 @@ class PairResult:
     n_bootstrap: int = N_BOOTSTRAP
     warning: str | None = None
 
-    def as_dict(self, include_samples: bool = False) -> dict:
-        """JSON-ready view.
-
-        Args:
-            include_samples: also include each model's raw timings.
-
-        Returns:
-            A dict of plain Python values.
-        """
+    def as_dict(self) -> dict:
+        """JSON-ready view."""
         return {
             "threads": self.threads,
-            "baseline": self.baseline.as_dict(include_samples),
-            "deployed": self.deployed.as_dict(include_samples),
+            "baseline": self.baseline.as_dict(),
+            "deployed": self.deployed.as_dict(),
             "speedup": self.speedup,
             "speedup_ci95": list(self.speedup_ci),
             "n_bootstrap": self.n_bootstrap,
@@ -455,7 +439,7 @@ class BenchRow:
     """
 
     model: str
-    against: str
+    against: Against
     size: SizeReport
     pair: PairResult
     rel_l2: float | None = None
@@ -464,7 +448,7 @@ class BenchRow:
         """JSON-ready view."""
         return {
             "model": self.model,
-            "against": self.against,
+            "against": self.against.value,
             "rel_l2": self.rel_l2,
             "params": self.size.params_onnx,
             "params_multibranch": self.size.params_onnx_multibranch,
@@ -484,7 +468,7 @@ def onnx_pair(directory: Path) -> tuple[Manifest, Path, Path]:
     multi, merged = directory / f"{name}.multibranch.onnx", directory / f"{name}.onnx"
     if not (multi.is_file() and merged.is_file()):
         raise DeployforgeError(
-            f"{directory} has no ONNX pair ({multi.name}, {merged.name}); run `deployforge export {name} --to onnx`"
+            f"{directory} has no ONNX pair ({multi.name}, {merged.name}); export {name} to ONNX first"
         )
     return manifest, multi, merged
 
@@ -508,7 +492,9 @@ def bench_export(
     manifest, multi, merged = onnx_pair(Path(directory))
     rows = []
     for protocol in protocols:
+        if manifest.input.fixed_batch is not None:  # a graph of fixed batch is timed at that batch
+            protocol = dataclasses.replace(protocol, batch=manifest.input.fixed_batch)
         progress(f"{manifest.model}: timing at {protocol.threads} thread(s)")
         pair = bench_pair(multi, merged, protocol, manifest.size.macs_onnx_multibranch, manifest.size.macs_onnx)
-        rows.append(BenchRow(manifest.model, Against.MULTI_BRANCH.value, manifest.size, pair))
+        rows.append(BenchRow(manifest.model, Against.MULTI_BRANCH, manifest.size, pair))
     return rows

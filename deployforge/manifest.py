@@ -24,7 +24,7 @@ from .staging import staged
 MANIFEST = "manifest.json"
 # 1: the unversioned dict of deployforge 0.1.0 (no ``schema`` field); 2: this dataclass.
 SCHEMA_VERSION = 2
-_TOOLS = ("deployforge", "torch", "onnx", "onnxruntime", "onnxscript", "onnxsim", "coremltools", "numpy")
+_TOOLS = ("deployforge", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnxsim", "coremltools", "numpy")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,21 @@ class WeightsSource:
     source: str
     sha256: str | None
     seed: int
+
+    def checkpoint(self) -> Path | None:
+        """The checkpoint file, checked against its digest; ``None`` for seeded random weights.
+
+        Raises:
+            DeployforgeError: the checkpoint is gone or changed since the export.
+        """
+        if self.sha256 is None:
+            return None
+        path = Path(self.source)
+        if not path.is_file():
+            raise DeployforgeError(f"weights file {path} used at export is gone; restore it or re-run export")
+        if sha256_file(path) != self.sha256:
+            raise DeployforgeError(f"weights file {path} changed since export; re-run export with it")
+        return path
 
 
 @dataclass(frozen=True)
@@ -156,7 +171,7 @@ def read_manifest(directory: Path) -> Manifest:
     path = Path(directory) / MANIFEST
     rerun = "re-run `deployforge export`"
     if not path.is_file():
-        raise DeployforgeError(f"no {MANIFEST} in {directory}; run `deployforge export MODEL --out DIR` first")
+        raise DeployforgeError(f"no {MANIFEST} in {directory}; export the model there first")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -172,6 +187,8 @@ def read_manifest(directory: Path) -> Manifest:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise DeployforgeError(f"{path} is malformed ({where}: {first['msg']}); {rerun}") from None
+    except DeployforgeError as error:  # a record's own check (an opset out of range) names a setting, not a file
+        raise DeployforgeError(f"{path} is malformed ({error}); {rerun}") from None
 
 
 def tool_versions() -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ MIN_OPSET, MAX_OPSET = 17, 25
 MAX_BATCH = 1024  # upper bound of the dynamic batch dimension
 # Five stride-2 stages take a 32 px input down to 1×1; below that the feature maps vanish.
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 2048
+# Upper bounds of the timing protocol: beyond these a run is a mistake, not a measurement.
+MAX_THREADS, MAX_RUNS, MAX_SECONDS = 256, 100_000, 3600.0
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 class Target(str, enum.Enum):
@@ -43,6 +47,13 @@ class Precision(str, enum.Enum):
 
     FP16 = "fp16"
     FP32 = "fp32"
+
+
+class Capture(str, enum.Enum):
+    """How a model was captured as a graph."""
+
+    TORCH_EXPORT = "torch.export"
+    JIT_TRACE = "torch.jit.trace"
 
 
 class Against(str, enum.Enum):
@@ -72,16 +83,15 @@ def choose(kind: type[enum.Enum], value: str | enum.Enum, setting: str, what: st
 
 
 def check_range(value: float, low: float, high: float, setting: str, what: str, whole: bool = True) -> None:
-    """Check ``low <= value <= high`` (and that ``value`` is a whole number when ``whole``).
+    """Check ``low <= value <= high``, that ``value`` is finite, and whole when ``whole``.
 
     Raises:
-        InvalidSetting: outside the range, not a number, or not whole.
+        InvalidSetting: outside the range, not a finite number, or not whole.
     """
     kind = "a whole number" if whole else "a number"
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not is_number or (whole and value != int(value)) or not low <= value <= high:
-        upper = "" if math.isinf(high) else f" and at most {high:g}"
-        raise InvalidSetting(setting, f"{what} must be {kind} at least {low:g}{upper}; got {value!r}")
+        raise InvalidSetting(setting, f"{what} must be {kind} at least {low:g} and at most {high:g}; got {value!r}")
 
 
 def parse_batch(text: str) -> int | None:
@@ -92,7 +102,7 @@ def parse_batch(text: str) -> int | None:
     """
     if text == "dynamic":
         return None
-    if text.strip().lstrip("-").isdigit():
+    if _WHOLE_NUMBER.fullmatch(text.strip()):
         return int(text)
     raise InvalidSetting("batch", f"batch size must be a whole number or 'dynamic'; got '{text}'")
 
@@ -104,7 +114,7 @@ def parse_counts(text: str, setting: str, what: str) -> list[int]:
         InvalidSetting: an empty or non-numeric entry.
     """
     parts = [part.strip() for part in text.split(",")]
-    if not all(part.lstrip("-").isdigit() for part in parts):
+    if not all(_WHOLE_NUMBER.fullmatch(part) for part in parts):
         raise InvalidSetting(setting, f"{what} expects whole numbers like 4 or 1,2; got '{text}'")
     return [int(part) for part in parts]
 
@@ -163,8 +173,8 @@ class TimingProtocol:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_range(self.threads, 1, math.inf, "threads", "thread count")
-        check_range(self.runs, 1, math.inf, "runs", "timed runs")
-        check_range(self.warmup_s, 0, math.inf, "warmup_s", "warm-up seconds", whole=False)
-        check_range(self.min_time_s, 0, math.inf, "min_time_s", "timing seconds", whole=False)
+        check_range(self.threads, 1, MAX_THREADS, "threads", "thread count")
+        check_range(self.runs, 1, MAX_RUNS, "runs", "timed runs")
+        check_range(self.warmup_s, 0, MAX_SECONDS, "warmup_s", "warm-up seconds", whole=False)
+        check_range(self.min_time_s, 0, MAX_SECONDS, "min_time_s", "timing seconds", whole=False)
         check_range(self.batch, 1, MAX_BATCH, "batch", "batch size")

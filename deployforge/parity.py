@@ -6,10 +6,43 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# docs/design.md, "Parity and tolerances": eager stages and ONNX within 1e-5; Core ML FP32 1e-4, FP16 1e-2
-# with top-1 agreement ≥ 0.95.
-TOLERANCES: dict[str, float] = {"eager": 1e-5, "onnx": 1e-5, "coreml-fp32": 1e-4, "coreml-fp16": 1e-2}
-MIN_TOP1_FP16 = 0.95
+
+@dataclass(frozen=True)
+class Tolerances:
+    """The rel-L2 bound of every stage (docs/design.md, "Parity and tolerances").
+
+    Attributes:
+        eager: the torch stages (fuse, reparameterize, trace).
+        onnx: an ONNX artifact run by onnxruntime.
+        coreml_fp32: a Core ML package at FP32 compute precision.
+        coreml_fp16: a Core ML package at FP16 compute precision.
+        min_top1_fp16: the top-1 agreement an FP16 package must reach besides its rel-L2 bound.
+    """
+
+    eager: float = 1e-5
+    onnx: float = 1e-5
+    coreml_fp32: float = 1e-4
+    coreml_fp16: float = 1e-2
+    min_top1_fp16: float = 0.95
+
+    def for_stage(self, stage: str) -> float:
+        """The bound of a waterfall stage by its name (``fuse`` … ``onnx``, ``coreml-fp16``).
+
+        Raises:
+            KeyError: an unknown stage.
+        """
+        eager = dict.fromkeys(("fuse", "reparameterize", "trace"), self.eager)
+        return {
+            **eager,
+            "onnx": self.onnx,
+            "onnxsim": self.onnx,
+            "onnx-multibranch": self.onnx,
+            "coreml-fp32": self.coreml_fp32,
+            "coreml-fp16": self.coreml_fp16,
+        }[stage]
+
+
+TOLERANCES = Tolerances()
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,15 @@ def parity_inputs(input_size: int, count: int = PARITY_BATCH, seed: int = PARITY
     return torch.randn(count, 3, input_size, input_size, generator=generator)
 
 
+def fit_batch(values: torch.Tensor | np.ndarray, batch: int | None) -> torch.Tensor | np.ndarray:
+    """The parity batch as a graph of fixed ``batch`` takes it: cut to ``batch``, or repeated up to it."""
+    if batch is None or batch == len(values):
+        return values
+    repeats = -(-batch // len(values))
+    tiled = torch.cat([values] * repeats) if isinstance(values, torch.Tensor) else np.concatenate([values] * repeats)
+    return tiled[:batch]
+
+
 def logits(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
     """Run ``model`` on ``inputs`` without gradients; return the outputs as a numpy array."""
     with torch.no_grad():
@@ -123,7 +132,7 @@ def eager_stages(
     Returns:
         The stage outputs and their waterfall rows.
     """
-    probe, tolerance = inputs[:2], TOLERANCES["eager"]
+    probe, tolerance = inputs[:2], TOLERANCES.eager
     progress("fuse BatchNorm")
     fused, fuse_report = fuse_batchnorm(original, probe)
     rows = [
@@ -166,7 +175,7 @@ def onnx_record(
 ) -> StageRecord:
     """Run an ONNX model with onnxruntime and compare it with the original's logits."""
     outputs = onnx_export.run_onnx(source, inputs.numpy())
-    return StageRecord(stage, compare(outputs, reference, TOLERANCES["onnx"]), details or OnnxDetails(), file=file)
+    return StageRecord(stage, compare(outputs, reference, TOLERANCES.onnx), details or OnnxDetails(), file=file)
 
 
 def _check_writable(out: Path) -> None:
@@ -193,14 +202,10 @@ class _Run:
     staging: Path
     progress: Progress
 
-    @property
-    def batch_slice(self) -> slice:
-        return slice(self.settings.batch)
-
 
 def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], onnx.ModelProto, onnx.ModelProto]:
     spec, settings, probe = run.spec, run.settings, run.inputs[:2]
-    inputs, reference = run.inputs[run.batch_slice], run.reference[run.batch_slice]
+    inputs, reference = fit_batch(run.inputs, settings.batch), fit_batch(run.reference, settings.batch)
     run.progress("export ONNX (reparameterized)")
     model = onnx_export.export_onnx(run.stages.traced, probe, settings.opset, settings.batch)
     rows = [onnx_record("onnx", model.SerializeToString(), inputs, reference)]

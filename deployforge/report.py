@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
-from .options import Precision
+from .options import Capture, Precision
 from .parity import Parity
-from .trace import Capture
 
 if TYPE_CHECKING:
     from .manifest import Manifest

@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import DeployforgeError
+
 
 class Staged:
     """A temporary path beside its final place; :meth:`commit` moves it there.
@@ -21,14 +23,29 @@ class Staged:
     def __init__(self, path: Path, final: Path) -> None:
         self.path = path
         self.final = final
-        self.committed = False
 
     def commit(self) -> None:
-        """Move the staged file or directory into place, replacing what was there as a whole."""
-        if self.final.is_dir():
-            os.replace(self.final, self.path.parent / ".previous")
-        os.replace(self.path, self.final)
-        self.committed = True
+        """Move the staged file or directory into place, replacing what was there as a whole.
+
+        A directory is replaced in two renames (the old one is set aside first); if the second fails, the
+        old one is put back.
+
+        Raises:
+            DeployforgeError: ``final`` exists and is not of the staged kind (a file where a directory goes).
+        """
+        if self.final.exists() and self.final.is_dir() != self.path.is_dir():
+            kind = "a directory" if self.path.is_dir() else "a file"
+            raise DeployforgeError(f"{self.final} is in the way: it should be {kind}; move it or choose another place")
+        if not self.final.is_dir():
+            os.replace(self.path, self.final)
+            return
+        previous = self.path.parent / ".previous"
+        os.replace(self.final, previous)
+        try:
+            os.replace(self.path, self.final)
+        except BaseException:
+            os.replace(previous, self.final)
+            raise
 
 
 @contextlib.contextmanager

@@ -7,20 +7,12 @@ same :func:`capture` serves the trace stage (dynamic batch) and the Core ML expo
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .options import MAX_BATCH
-
-
-class Capture(str, enum.Enum):
-    """How a model was captured as a graph."""
-
-    TORCH_EXPORT = "torch.export"
-    JIT_TRACE = "torch.jit.trace"
+from .options import MAX_BATCH, Capture
 
 
 @dataclass

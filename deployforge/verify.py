@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from .errors import DeployforgeError
-from .manifest import Manifest, artifact_digest, read_manifest, sha256_file
-from .pipeline import Progress, build_original, eager_stages, logits, onnx_record, parity_inputs
+from .manifest import Manifest, artifact_digest, read_manifest
+from .pipeline import Progress, build_original, eager_stages, fit_batch, logits, onnx_record, parity_inputs
 from .registry import get_spec
-from .report import OnnxDetails, Report, StageRecord, breaches_of
-
-
-def _weights_of(manifest: Manifest) -> Path | None:
-    source, digest = manifest.weights.source, manifest.weights.sha256
-    if digest is None:
-        return None
-    path = Path(source)
-    if not path.is_file():
-        raise DeployforgeError(f"weights file {path} used at export is gone; restore it or re-run export")
-    if sha256_file(path) != digest:
-        raise DeployforgeError(f"weights file {path} changed since export; re-run export with it")
-    return path
+from .report import CoreMLDetails, OnnxDetails, Report, StageRecord, breaches_of
 
 
 def _package_problems(path: Path, manifest: Manifest) -> tuple[object, str | None]:
@@ -43,10 +31,7 @@ def _package_problems(path: Path, manifest: Manifest) -> tuple[object, str | Non
     return package, "; ".join(problems) or None
 
 
-def _check_package(path: Path, manifest: Manifest) -> StageRecord:
-    from dataclasses import replace
-
-    exported = next(r for r in manifest.stages if r.file == path.name)
+def _check_package(path: Path, manifest: Manifest, exported: StageRecord) -> StageRecord:
     package, problem = _package_problems(path, manifest)
     return StageRecord(exported.stage, None, replace(exported.details, package=package), path.name, problem)
 
@@ -76,7 +61,7 @@ def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Re
         elif artifact_digest(path) != digest:
             breaches.append(f"{name}: sha256 differs from the manifest (the file changed after export)")
     progress(f"{spec.name}: rebuild the original and re-run the stages")
-    original = build_original(spec, _weights_of(manifest), manifest.weights.seed)
+    original = build_original(spec, manifest.weights.checkpoint(), manifest.weights.seed)
     inputs = parity_inputs(manifest.input.size, manifest.parity_inputs.count, manifest.parity_inputs.seed)
     reference = logits(original, inputs)
     _, rows = eager_stages(original, inputs, reference, progress)
@@ -89,10 +74,15 @@ def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Re
             progress(f"{spec.name}: run {name} with onnxruntime")
             stage = "onnx-multibranch" if name.endswith(".multibranch.onnx") else "onnx"
             try:
-                rows.append(onnx_record(stage, path, inputs[:count], reference[:count], OnnxDetails(), file=name))
+                batch_inputs, batch_reference = fit_batch(inputs, count), fit_batch(reference, count)
+                rows.append(onnx_record(stage, path, batch_inputs, batch_reference, OnnxDetails(), file=name))
             except Exception as error:  # noqa: BLE001 - an unloadable artifact is a failed verification
                 breaches.append(f"{name}: onnxruntime cannot run it ({type(error).__name__})")
         elif name.endswith(".mlpackage"):
             progress(f"{spec.name}: load {name} spec")
-            rows.append(_check_package(path, manifest))
+            exported = next((r for r in manifest.stages if r.file == name), None)
+            if exported is None or not isinstance(exported.details, CoreMLDetails):
+                breaches.append(f"{name}: the manifest records no Core ML stage for it")
+                continue
+            rows.append(_check_package(path, manifest, exported))
     return Report(spec.name, rows, breaches + breaches_of(rows), manifest, directory)

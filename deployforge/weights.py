@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import DeployforgeError
+from .errors import InvalidSetting
 from .registry import ModelSpec
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_ema")
@@ -21,11 +21,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     A checkpoint that wraps its weights under ``state_dict``/``model``/``model_ema`` is unwrapped.
 
     Raises:
-        DeployforgeError: missing, unreadable or non-tensor file.
+        InvalidSetting: missing, unreadable or non-tensor file.
     """
     path = Path(path)
     if not path.is_file():
-        raise DeployforgeError(f"weights file not found: {path}; pass an existing .pth or .safetensors file")
+        raise InvalidSetting("weights", f"weights file not found: {path}; pass an existing .pth or .safetensors file")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -35,16 +35,19 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - every reader failure means the same thing to the user
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DeployforgeError(
+        raise InvalidSetting(
+            "weights",
             f"cannot read weights file {path} ({first_line[:160]}); "
-            "pass a state dict saved with torch.save or safetensors"
+            "pass a state dict saved with torch.save or safetensors",
         ) from None
     for key in _WRAPPER_KEYS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
             break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DeployforgeError(f"weights file {path} does not hold a state dict of tensors; save model.state_dict()")
+        raise InvalidSetting(
+            "weights", f"weights file {path} does not hold a state dict of tensors; save model.state_dict()"
+        )
     return dict(state)
 
 
@@ -57,7 +60,7 @@ def load_weights(model: nn.Module, spec: ModelSpec, path: Path) -> None:
     """Load the checkpoint at ``path`` into ``model`` strictly, through the family's key map.
 
     Raises:
-        DeployforgeError: the file is unreadable, or its keys/shapes do not match the architecture; the
+        InvalidSetting: the file is unreadable, or its keys/shapes do not match the architecture; the
             message lists missing, unexpected and shape-mismatched keys.
     """
     state = read_state_dict(path)
@@ -77,8 +80,9 @@ def load_weights(model: nn.Module, spec: ModelSpec, path: Path) -> None:
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
             if keys
         ]
-        raise DeployforgeError(
+        raise InvalidSetting(
+            "weights",
             f"weights file {path} does not fit {spec.name} ({'; '.join(parts)}); "
-            f"pass a checkpoint of {spec.name}" + (f" (timm: {spec.timm_name})" if spec.timm_name else "")
+            f"pass a checkpoint of {spec.name}" + (f" (timm: {spec.timm_name})" if spec.timm_name else ""),
         )
     model.load_state_dict(state, strict=True)

@@ -29,8 +29,9 @@ def find_model_dirs(root: Path) -> list[Path]:
 
 
 def has_onnx_pair(directory: Path) -> bool:
-    """Whether an export directory holds both the deployed and the multi-branch ONNX."""
-    return any(directory.glob("*.multibranch.onnx"))
+    """Whether an export directory holds both the deployed and the multi-branch ONNX of its model."""
+    model = read_manifest(directory).model
+    return all((directory / name).is_file() for name in (f"{model}.onnx", f"{model}.multibranch.onnx"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _usable(directory: Path, scratch: Scratch | None, progress: Progress) -> Pat
     manifest = read_manifest(directory)
     used = manifest.settings
     settings = dataclasses.replace(scratch.settings, opset=used.opset, batch=used.batch, input_size=used.input_size)
-    weights = Path(manifest.weights.source) if manifest.weights.sha256 else None
+    weights = manifest.weights.checkpoint()
     progress(f"{manifest.model}: the export in {directory} lacks what is needed; exporting it again")
     return _export(get_spec(manifest.model), scratch, settings, weights, progress)
 

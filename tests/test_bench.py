@@ -76,7 +76,6 @@ def test_bench_pair(models: tuple[Path, Path]) -> None:
     d = json.loads(json.dumps(r.as_dict()))
     assert set(d) >= {"threads", "baseline", "deployed", "speedup", "speedup_ci95", "warning"}
     assert "samples_ms" not in d["baseline"]
-    assert len(r.as_dict(include_samples=True)["deployed"]["samples_ms"]) == r.deployed.n_runs
 
 
 def test_time_models_dynamic_batch(models: tuple[Path, Path]) -> None:

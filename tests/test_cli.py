@@ -223,9 +223,37 @@ def test_numeric_option_out_of_range(empty_out, flag, value):
     assert listing(empty_out) == []
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--runs", "0"), ("--warmup-s", "-1"), ("--min-time-s", "-0.5")])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--runs", "0"),
+        ("--warmup-s", "-1"),
+        ("--warmup-s", "inf"),
+        ("--min-time-s", "nan"),
+        ("--threads", "100000"),
+        ("--threads", "--1"),
+        ("--threads", "²"),
+    ],
+)
 def test_bench_numeric_option_out_of_range(empty_out, flag, value):
-    assert_usage_error(invoke("bench", MODEL, flag, value, "--out", empty_out), flag, "at least")
+    assert_usage_error(invoke("bench", MODEL, f"{flag}={value}", "--out", empty_out), flag)
+    assert listing(empty_out) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["export", MODEL, "--opset", "abc"], ["--opset", "export --help"]),
+        (["export", MODEL, "--input-size", "1e3"], ["--input-size"]),
+        (["export", MODEL, "--batch=--4"], ["--batch"]),
+        (["export", MODEL, "--no-such-flag"], ["--no-such-flag"]),
+        (["bench", "--runs", "many"], ["--runs"]),
+        (["export"], ["Missing argument"]),
+        (["nope"], ["No such command", "deployforge --help"]),
+    ],
+)
+def test_wrong_type_or_unknown_flag_is_one_line(empty_out, args, words):
+    assert_usage_error(invoke(*args, "--out", empty_out) if args[0] != "nope" else invoke(*args), *words)
     assert listing(empty_out) == []
 
 
@@ -309,6 +337,55 @@ def test_previous_manifest_schema_is_refused(exported, tmp_path):
     path.write_text(json.dumps(manifest))
     message = assert_usage_error(invoke("verify", out / MODEL), "manifest schema", "re-run `deployforge export`")
     assert "None" not in message
+
+
+def test_corrupt_manifest_is_named_as_such(exported, tmp_path):
+    out = tmp_path / "corrupt"
+    shutil.copytree(exported, out)
+    path = out / MODEL / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["settings"]["opset"] = 99
+    path.write_text(json.dumps(manifest))
+    message = assert_usage_error(invoke("verify", out / MODEL), "malformed", "manifest.json")
+    assert "--opset" not in message
+
+
+def test_package_without_its_stage_fails_verification(exported, tmp_path):
+    out = tmp_path / "nostage"
+    shutil.copytree(exported, out)
+    path = out / MODEL / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["stages"] = [row for row in manifest["stages"] if not row["stage"].startswith("coreml")]
+    path.write_text(json.dumps(manifest))
+    result = invoke("verify", out / MODEL, "--json")
+    assert result.exit_code == 1, result.output
+    (report,) = json.loads(result.stdout)
+    assert any(b.startswith(f"{MODEL}.mlpackage:") and "no Core ML stage" in b for b in report["breaches"])
+
+
+def test_a_file_in_the_way_of_the_model_directory(empty_out):
+    (empty_out / MODEL).write_text("not a directory")
+    assert_usage_error(
+        invoke("export", MODEL, "--to", "onnx", "--input-size", SIZE, "--out", empty_out), "in the way", MODEL
+    )
+    assert listing(empty_out) == [MODEL]
+    assert (empty_out / MODEL).read_text() == "not a directory"
+
+
+def test_fixed_batch_above_the_parity_batch(tmp_path):
+    out = tmp_path / "out"
+    exported = invoke("export", MODEL, "--to", "onnx", "--batch", "12", "--input-size", SIZE, "--out", out)
+    assert exported.exit_code == 0, exported.output
+    import onnx
+
+    graph = onnx.load(str(out / MODEL / f"{MODEL}.onnx"))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 12
+    verified = invoke("verify", out)
+    assert verified.exit_code == 0, verified.output
+    benched = invoke("bench", "--out", out, "--runs", "2", "--warmup-s", "0", "--min-time-s", "0", "--json")
+    assert benched.exit_code == 0, benched.output
+    (row,) = json.loads(benched.stdout)
+    assert row["deployed"]["batch"] == row["baseline"]["batch"] == 12
 
 
 def test_verify_and_bench_resolve_targets_alike(exported, empty_out):

@@ -212,18 +212,10 @@ def design_bounds() -> dict[str, float]:
 
 
 def code_bounds() -> dict[str, float]:
-    """The code's bound for each stage the design table names (adjust here if TOLERANCES is reshaped)."""
+    """The code's bound for each stage the design table names."""
     from deployforge.parity import TOLERANCES
 
-    stage_key = {
-        "fuse": "eager",
-        "reparameterize": "eager",
-        "trace": "eager",
-        "onnx": "onnx",
-        "coreml-fp32": "coreml-fp32",
-        "coreml-fp16": "coreml-fp16",
-    }
-    return {stage: TOLERANCES[key] for stage, key in stage_key.items()}
+    return {stage: TOLERANCES.for_stage(stage) for stage in design_bounds()}
 
 
 def test_tolerances_match_the_design():
@@ -232,8 +224,8 @@ def test_tolerances_match_the_design():
 
 
 def test_fp16_top1_floor_matches_the_design():
-    from deployforge.parity import MIN_TOP1_FP16
+    from deployforge.parity import TOLERANCES
 
     match = re.search(r"FP16 top-1 agreement ≥ ([0-9.]+)", DESIGN.read_text())
     assert match, "docs/design.md states the FP16 top-1 floor"
-    assert MIN_TOP1_FP16 == float(match.group(1)) == 0.95
+    assert TOLERANCES.min_top1_fp16 == float(match.group(1)) == 0.95

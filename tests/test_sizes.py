@@ -86,7 +86,7 @@ def test_onnx_matches_the_multi_branch_original(deployed, stressed_original, mak
     with torch.no_grad():
         reference = stressed_original(name)(inputs).numpy()
     outputs = run_onnx(graph.SerializeToString(), inputs.numpy())
-    assert compare(outputs, reference, TOLERANCES["onnx"]).ok, compare(outputs, reference, TOLERANCES["onnx"])
+    assert compare(outputs, reference, TOLERANCES.onnx).ok, compare(outputs, reference, TOLERANCES.onnx)
 
 
 def test_onnx_batch_dimension_is_symbolic(deployed):

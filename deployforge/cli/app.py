@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from deployforge import __version__
 
 from . import bench, export, list_models, verify
+from .common import stderr
+
+try:  # typer 0.2x ships its own copy of click, whose exceptions are not click's
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - a typer that uses click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Report click's usage errors (a non-number for a number, an unknown flag) as one ``error:`` line, exit 2.
+
+    Without this, typer draws a multi-line usage box; every other error of the CLI is one line.
+    """
+
+    def main(self, args: Any = None, standalone_mode: bool = True, **extra: Any) -> Any:  # noqa: D102
+        if not standalone_mode:
+            return super().main(args, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as error:
+            typer.echo(error.ctx.get_help())
+            sys.exit(error.exit_code)
+        except UsageError as error:
+            where = error.ctx.command_path if error.ctx is not None else "deployforge"
+            message = f"{error.format_message()} (see `{where} --help`)"
+            stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            sys.exit(error.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     name="deployforge",
     help=(
         "Ship mobile vision transformers provably unchanged: fuse BatchNorm, reparameterize multi-branch "

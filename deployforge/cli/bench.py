@@ -29,7 +29,7 @@ def bench_command(
         str,
         typer.Option(
             help=f"Baseline: {names(Against)} (timm: timm's own reparameterized export of the same weights; "
-            "takes model names).",
+            "takes model names and exports both into a scratch directory, not --out).",
         ),
     ] = Against.MULTI_BRANCH.value,
     runs: Annotated[int, typer.Option(help="Minimum timed runs per model (≥ 1).")] = _DEFAULT.runs,
@@ -54,7 +54,7 @@ def bench_command(
     for protocol in protocols:
         warning = bench.thread_warning(protocol.threads)
         if warning:
-            stderr.print(f"warning: {warning}", highlight=False)
+            stderr.print(f"warning: {warning}", highlight=False, soft_wrap=True)
     with tempfile.TemporaryDirectory(prefix="deployforge-bench-") as scratch:
         with progress_status(not as_json) as progress:
             if baseline is Against.TIMM:
@@ -85,11 +85,12 @@ def _against_multi_branch(targets: list[str], out: Path, scratch: Path, protocol
 
 
 def _against_timm(targets: list[str], scratch: Path, protocols, progress) -> list:
-    from deployforge.peers import bench_against_timm
+    from deployforge.peers import bench_timm_peer, prepare_timm_peer
     from deployforge.registry import get_spec
 
     specs = [get_spec(name) for name in targets]
-    return [row for spec in specs for row in bench_against_timm(spec, scratch, protocols, progress=progress)]
+    peers = [prepare_timm_peer(spec, scratch / spec.name, progress=progress) for spec in specs]
+    return [row for peer in peers for row in bench_timm_peer(peer, protocols, progress)]
 
 
 def _latency_table(rows) -> Table:
@@ -99,7 +100,7 @@ def _latency_table(rows) -> Table:
     for row in rows:
         pair = row.pair
         low, high = pair.speedup_ci
-        for graph, stats in ((row.against, pair.baseline), ("deployed", pair.deployed)):
+        for graph, stats in ((row.against.value, pair.baseline), ("deployed", pair.deployed)):
             first = stats is pair.baseline
             table.add_row(
                 row.model if first else "",

@@ -26,6 +26,9 @@ def list_command(
             "input_size": s.input_size,
             "params_m": s.reference.params_m,
             "gmacs": s.reference.gmacs,
+            "published_params_m": s.reference.published_params_m,
+            "published_gmacs": s.reference.published_gmacs,
+            "reference_source": s.reference.source,
             "timm_name": s.timm_name,
         }
         for s in specs

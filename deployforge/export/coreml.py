@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from deployforge.options import Precision
+from deployforge.options import Capture, Precision
 from deployforge.report import CoreMLDetails, PackageSpec
-from deployforge.trace import Capture, capture
+from deployforge.trace import capture
 
 from .onnx import INPUT_NAME, OUTPUT_NAME
 

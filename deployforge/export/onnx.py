@@ -10,8 +10,8 @@ import onnx
 import torch
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
-from deployforge.options import DEFAULT_OPSET
-from deployforge.trace import Capture, Traced
+from deployforge.options import DEFAULT_OPSET, Capture
+from deployforge.trace import Traced
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 BATCH_DIM = "batch"
@@ -76,6 +76,8 @@ def with_batch(model: onnx.ModelProto, batch: int | str) -> onnx.ModelProto:
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
+    for value in (*copy.graph.input, *copy.graph.output):
+        value.type.tensor_type.shape.dim[0].Clear()  # update_inputs_outputs_dims refuses to change a set size
 
     def dims(values) -> dict[str, list[int | str]]:
         def rest(value) -> list[int | str]:
