@@ -8,6 +8,7 @@ well for the multi-branch comparison (:func:`deployforge.bench.bench_export` on 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from .bench import BenchRow, bench_pair, onnx_pair
 from .errors import DeployforgeError
 from .export.onnx import INPUT_NAME, OUTPUT_NAME, run_onnx
 from .measure import onnx_macs
-from .options import DEFAULT_OPSET, MAX_BATCH, Against, ExportSettings, Target, TimingProtocol
+from .options import DEFAULT_OPSET, Against, ExportSettings, Target, TimingProtocol
 from .parity import TOLERANCES, compare
 from .pipeline import DEFAULT_SEED, export, parity_inputs
 from .registry import ModelSpec
@@ -37,33 +38,46 @@ def _timm_model(spec: ModelSpec) -> torch.nn.Module:
     return stress_weights(timm.create_model(spec.timm_name, pretrained=False), DEFAULT_SEED).eval()
 
 
-def export_timm_reparameterized(model: torch.nn.Module, input_size: int, path: Path, opset: int) -> Path:
-    """Reparameterize with ``timm.utils.reparameterize_model`` and export with ``torch.onnx.export``.
+class PeerExporter(str, enum.Enum):
+    """The exporter a timm user picks in ``timm.utils.onnx.onnx_export``."""
+
+    TORCHSCRIPT = "torchscript"  # timm's default (``use_dynamo=False``)
+    DYNAMO = "dynamo"
+
+
+def export_timm_reparameterized(
+    model: torch.nn.Module,
+    input_size: int,
+    path: Path,
+    opset: int,
+    exporter: PeerExporter = PeerExporter.TORCHSCRIPT,
+) -> Path:
+    """Export timm's model the way a timm user does: ``reparameterize_model``, then timm's own ``onnx_export``.
 
     Args:
-        model: timm's train-time model.
+        model: timm's train-time model (not modified).
         input_size: square input side.
         path: the ONNX file to write.
         opset: ONNX opset.
+        exporter: TorchScript (timm's default) or the torch.export-based exporter.
 
     Returns:
         ``path``.
     """
     from timm.utils import reparameterize_model
+    from timm.utils.onnx import onnx_export
 
-    deployed = reparameterize_model(model).eval()
-    example = torch.randn(1, 3, input_size, input_size)
-    torch.onnx.export(
+    deployed = reparameterize_model(model).eval()  # reparameterize_model works on a copy
+    onnx_export(
         deployed,
-        (example,),
         str(path),
-        dynamo=True,
-        opset_version=opset,
-        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},),
+        input_size=(3, input_size, input_size),
+        batch_size=2,
+        opset=opset,
+        check=False,
+        use_dynamo=exporter is PeerExporter.DYNAMO,
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
-        external_data=False,
-        verbose=False,
     )
     return path
 

@@ -50,7 +50,11 @@ class Scratch:
 
 
 def resolve_model_dirs(
-    targets: Sequence[str], out: Path, scratch: Scratch | None = None, progress: Progress = lambda _: None
+    targets: Sequence[str],
+    out: Path,
+    scratch: Scratch | None = None,
+    progress: Progress = lambda _: None,
+    notify: Progress = lambda _: None,
 ) -> list[Path]:
     """Map targets (model names or directories; none = everything under ``out``) to model directories.
 
@@ -60,6 +64,7 @@ def resolve_model_dirs(
         scratch: where to export a model whose export is missing or unusable; ``None`` makes a missing
             export an error and takes every export as it is.
         progress: called as each scratch export starts.
+        notify: told, in one line, of every export made in the scratch directory and why.
 
     Returns:
         The model directories, in target order.
@@ -80,21 +85,22 @@ def resolve_model_dirs(
         elif (out / target / MANIFEST).is_file():
             found = [out / target]
         else:
-            found = [_export_new(target, out, scratch, progress)]
-        dirs += [_usable(d, scratch, progress) for d in found]
+            found = [_export_new(target, out, scratch, progress, notify)]
+        dirs += [_usable(d, scratch, progress, notify) for d in found]
     return dirs
 
 
-def _export_new(name: str, out: Path, scratch: Scratch | None, progress: Progress) -> Path:
+def _export_new(name: str, out: Path, scratch: Scratch | None, progress: Progress, notify: Progress) -> Path:
     from .registry import get_spec
 
     spec = get_spec(name)  # unknown names get the close-match error
     if scratch is None:
         raise DeployforgeError(f"no artifacts for {name} under {out}; run `deployforge export {name}` first")
+    notify(f"{name}: no export under {out}; exporting it (seeded random weights) to a scratch directory")
     return _export(spec, scratch, scratch.settings, None, progress)
 
 
-def _usable(directory: Path, scratch: Scratch | None, progress: Progress) -> Path:
+def _usable(directory: Path, scratch: Scratch | None, progress: Progress, notify: Progress) -> Path:
     if scratch is None or scratch.usable(directory):
         return directory
     from .registry import get_spec
@@ -103,7 +109,10 @@ def _usable(directory: Path, scratch: Scratch | None, progress: Progress) -> Pat
     used = manifest.settings
     settings = dataclasses.replace(scratch.settings, opset=used.opset, batch=used.batch, input_size=used.input_size)
     weights = manifest.weights.checkpoint()
-    progress(f"{manifest.model}: the export in {directory} lacks what is needed; exporting it again")
+    notify(
+        f"{manifest.model}: {directory} has no ONNX pair; building it in a scratch directory from the weights, "
+        "input size and opset its manifest records"
+    )
     return _export(get_spec(manifest.model), scratch, settings, weights, progress)
 
 

@@ -183,6 +183,7 @@ def test_readme_flow_in_an_empty_directory(tmp_path, monkeypatch):
     assert benched.exit_code == 0, benched.output
     (row,) = json.loads(benched.stdout)
     assert row["model"] == MODEL and row["against"] == "multi-branch"
+    assert "no ONNX pair; building it in a scratch directory" in benched.stderr
     # bench exported the ONNX pair it needed into a scratch directory; the user's export is as it was
     assert listing(tmp_path) == ["deployforge-out"]
     assert listing(tmp_path / "deployforge-out" / MODEL) == [f"{MODEL}.mlpackage", "manifest.json"]

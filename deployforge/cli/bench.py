@@ -80,7 +80,13 @@ def _against_multi_branch(targets: list[str], out: Path, scratch: Path, protocol
     from deployforge.workspace import Scratch, has_onnx_pair, resolve_model_dirs
 
     needs = Scratch(scratch, ExportSettings(target=Target.ONNX), has_onnx_pair)
-    dirs = resolve_model_dirs(targets, out, needs, progress)
+    dirs = resolve_model_dirs(
+        targets,
+        out,
+        needs,
+        progress,
+        notify=lambda line: stderr.print(f"note: {line}", highlight=False, soft_wrap=True),
+    )
     return [row for directory in dirs for row in bench_export(directory, protocols, progress)]
 
 
