@@ -1,5 +1,11 @@
 """onnxruntime CPU latency (docs/design.md, "Latency protocol"): sessions, warm-up, interleaved timing, statistics.
 
+One timing protocol for every comparison: our deployed graph and any number of baselines (the multi-branch
+original, a peer's exports) are checked to compute the same function, then timed round-robin in one process
+(:func:`bench_interleaved`, :func:`bench_rows`); each baseline yields one :class:`BenchRow` with the ratio of
+medians and its bootstrap interval. :func:`measure_peak` times the machine's FP32 GEMM peak under the same
+session options, so achieved GFLOP/s can be read as a fraction of it.
+
 A pure library: nothing here prints or parses arguments. The CLI imports this module lazily because it
 imports onnxruntime at the top.
 """
@@ -14,16 +20,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
 from deployforge.errors import DeployforgeError
 from deployforge.manifest import Manifest, read_manifest
 from deployforge.measure import SizeReport
-from deployforge.options import Against, TimingProtocol
+from deployforge.options import (
+    MAX_PEAK_GEMM_SIZE,
+    MIN_PEAK_GEMM_SIZE,
+    PEAK_GEMM_SIZE,
+    Baseline,
+    TimingProtocol,
+    check_range,
+)
+from deployforge.parity import TOLERANCES, compare
 
 MIN_WARMUP_RUNS = 10
 MAX_RUNS_FACTOR = 10  # timing stops at this many times ``runs`` per model even if min_time_s is not reached
 N_BOOTSTRAP = 2000
+CHECK_BATCH = 2  # images in the agreement check of a dynamic-batch graph (a peer's parity batch has 2 too)
+
+
+class BaselineDisagrees(DeployforgeError):
+    """A baseline does not compute the same function as our deployed graph: timing them would mean nothing.
+
+    A parity failure, so the CLI exits 1.
+    """
+
+    exit_code = 1
+
 
 _ORT_DTYPES: dict[str, type] = {
     "tensor(float)": np.float32,
@@ -52,6 +79,8 @@ class LatencyStats:
         batch: images per inference call.
         threads: ``intra_op_num_threads`` of the session (None when unknown).
         macs: multiply-accumulates of one image (None when unknown).
+        peak_gflops: the FP32 GEMM peak measured in the same run at the same thread count (None when not
+            measured), for :attr:`peak_fraction`.
         samples_ms: the raw timings, milliseconds (for the bootstrap; left out of ``as_dict``).
     """
 
@@ -65,6 +94,7 @@ class LatencyStats:
     batch: int = 1
     threads: int | None = None
     macs: int | None = None
+    peak_gflops: float | None = None
     samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
@@ -74,6 +104,7 @@ class LatencyStats:
         batch: int = 1,
         threads: int | None = None,
         macs: int | None = None,
+        peak_gflops: float | None = None,
     ) -> LatencyStats:
         """Summarize raw timings.
 
@@ -82,6 +113,7 @@ class LatencyStats:
             batch: images per call.
             threads: intra-op thread count of the session.
             macs: multiply-accumulates of one image, when known.
+            peak_gflops: the machine's FP32 GEMM peak at ``threads``, when measured in the same run.
 
         Returns:
             The statistics.
@@ -104,6 +136,7 @@ class LatencyStats:
             batch=batch,
             threads=threads,
             macs=macs,
+            peak_gflops=peak_gflops,
             samples_ms=tuple(float(v) for v in s),
         )
 
@@ -114,8 +147,16 @@ class LatencyStats:
             return None
         return 2.0 * self.macs * self.batch / (self.p50_ms * 1e-3) / 1e9
 
+    @property
+    def peak_fraction(self) -> float | None:
+        """``gflops / peak_gflops``, the share of the measured FP32 GEMM peak (None when either is unknown)."""
+        gflops = self.gflops
+        if gflops is None or not self.peak_gflops:
+            return None
+        return gflops / self.peak_gflops
+
     def as_dict(self) -> dict:
-        """JSON-ready view including ``gflops`` (the raw timings left out)."""
+        """JSON-ready view including ``gflops`` and ``peak_fraction`` (the raw timings left out)."""
         return {
             "p50_ms": self.p50_ms,
             "p90_ms": self.p90_ms,
@@ -128,21 +169,27 @@ class LatencyStats:
             "threads": self.threads,
             "macs": self.macs,
             "gflops": self.gflops,
+            "peak_gflops": self.peak_gflops,
+            "peak_fraction": self.peak_fraction,
         }
 
 
 @dataclass
 class PairResult:
-    """Interleaved comparison of a baseline (the multi-branch original, a peer's export) with our deployed model.
+    """One baseline (the multi-branch original, a peer's export) against our deployed model, from one interleaved run.
+
+    Several baselines timed in the same run (:func:`bench_interleaved`) give one result each, all sharing
+    the ``deployed`` statistics.
 
     Attributes:
         baseline: latency of the baseline.
         deployed: latency of our deployed (reparameterized) model.
-        threads: ``intra_op_num_threads`` of both sessions.
+        threads: ``intra_op_num_threads`` of every session of the run.
         speedup: ``median(baseline) / median(deployed)``; above 1 means ours is faster.
         speedup_ci: bootstrap 95 % interval ``(low, high)`` of ``speedup``.
         n_bootstrap: number of bootstrap resamples behind ``speedup_ci``.
         warning: the over-subscription warning of ``thread_warning``, or None.
+        interleaved: how many graphs the run timed round-robin (ours and every baseline).
     """
 
     baseline: LatencyStats
@@ -152,6 +199,7 @@ class PairResult:
     speedup_ci: tuple[float, float]
     n_bootstrap: int = N_BOOTSTRAP
     warning: str | None = None
+    interleaved: int = 2
 
     def as_dict(self) -> dict:
         """JSON-ready view."""
@@ -162,6 +210,7 @@ class PairResult:
             "speedup": self.speedup,
             "speedup_ci95": list(self.speedup_ci),
             "n_bootstrap": self.n_bootstrap,
+            "interleaved": self.interleaved,
             "warning": self.warning,
         }
 
@@ -197,11 +246,11 @@ def thread_warning(threads: int, cores: int | None = None) -> str | None:
     return None
 
 
-def make_session(path: Path | str, threads: int) -> ort.InferenceSession:
+def make_session(path: Path | str | bytes, threads: int) -> ort.InferenceSession:
     """Open an onnxruntime CPU session with the protocol's options.
 
     Args:
-        path: ONNX file.
+        path: ONNX file, or a serialized model.
         threads: ``intra_op_num_threads`` (checked by :class:`TimingProtocol`).
 
     Returns:
@@ -210,9 +259,13 @@ def make_session(path: Path | str, threads: int) -> ort.InferenceSession:
     Raises:
         DeployforgeError: when the file is missing or onnxruntime cannot load it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DeployforgeError(f"no ONNX file at {path}: export the model first (deployforge export)")
+    if isinstance(path, bytes):
+        source, where = path, "the in-memory model"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise DeployforgeError(f"no ONNX file at {path}: export the model first (deployforge export)")
+        source, where = str(path), str(path)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
@@ -221,9 +274,9 @@ def make_session(path: Path | str, threads: int) -> ort.InferenceSession:
     # Sessions are timed interleaved: spinning idle threads of one would steal the cores of the other.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises several unrelated exception types
-        raise DeployforgeError(f"onnxruntime cannot load {path}: {e}") from e
+        raise DeployforgeError(f"onnxruntime cannot load {where}: {e}") from e
 
 
 def make_feed(
@@ -356,6 +409,7 @@ def time_models(
     protocol: TimingProtocol,
     macs: Sequence[int | None] | None = None,
     input_shape: Sequence[int] | None = None,
+    peak_gflops: float | None = None,
 ) -> list[LatencyStats]:
     """Time ONNX models interleaved in one process under ``protocol``.
 
@@ -368,6 +422,7 @@ def time_models(
         protocol: threads, batch and timing budget.
         macs: per-image MACs of each model, for its GFLOP/s.
         input_shape: full input shape when the models have symbolic spatial dimensions.
+        peak_gflops: the FP32 GEMM peak at ``protocol.threads`` measured in the same run, if any.
 
     Returns:
         One statistics record per model, in order.
@@ -382,8 +437,63 @@ def time_models(
     samples = _time_interleaved(runners, protocol.runs, protocol.min_time_s)
     macs = list(macs) if macs is not None else [None] * len(paths)
     return [
-        LatencyStats.from_samples(times, batch=protocol.batch, threads=protocol.threads, macs=count)
+        LatencyStats.from_samples(
+            times, batch=protocol.batch, threads=protocol.threads, macs=count, peak_gflops=peak_gflops
+        )
         for times, count in zip(samples, macs, strict=True)
+    ]
+
+
+def bench_interleaved(
+    deployed: Path | str,
+    baselines: Sequence[Path | str],
+    protocol: TimingProtocol,
+    macs_deployed: int | None = None,
+    macs_baselines: Sequence[int | None] | None = None,
+    n_bootstrap: int = N_BOOTSTRAP,
+    input_shape: Sequence[int] | None = None,
+    peak_gflops: float | None = None,
+) -> list[PairResult]:
+    """Time our deployed model and every baseline round-robin in one process (:func:`time_models`).
+
+    All graphs share the run, so every ratio is taken under the same machine state.
+
+    Args:
+        deployed: ONNX file of our deployed model.
+        baselines: ONNX files of the baselines (the multi-branch original, peers' exports); at least one.
+        protocol: threads, batch and timing budget.
+        macs_deployed: per-image MACs of the deployed model, for its GFLOP/s.
+        macs_baselines: per-image MACs of each baseline, for their GFLOP/s.
+        n_bootstrap: bootstrap resamples for each speedup interval.
+        input_shape: full input shape when the models have symbolic spatial dimensions.
+        peak_gflops: the FP32 GEMM peak at ``protocol.threads`` measured in the same run, if any.
+
+    Returns:
+        One result per baseline, in order: its statistics, ours, the ratio of medians (baseline / ours) and
+        its bootstrap 95 % interval.
+
+    Raises:
+        DeployforgeError: no baseline, or an unloadable model.
+    """
+    if not baselines:
+        raise DeployforgeError("nothing to compare with: give at least one baseline graph")
+    macs_baselines = list(macs_baselines) if macs_baselines is not None else [None] * len(baselines)
+    *stats_baselines, stats_deployed = time_models(
+        [*baselines, deployed], protocol, [*macs_baselines, macs_deployed], input_shape, peak_gflops
+    )
+    ours = stats_deployed.samples_ms
+    return [
+        PairResult(
+            baseline=stats,
+            deployed=stats_deployed,
+            threads=protocol.threads,
+            speedup=float(np.median(stats.samples_ms) / np.median(ours)),
+            speedup_ci=bootstrap_ratio_of_medians(stats.samples_ms, ours, n_resamples=n_bootstrap, seed=protocol.seed),
+            n_bootstrap=n_bootstrap,
+            warning=thread_warning(protocol.threads),
+            interleaved=len(baselines) + 1,
+        )
+        for stats in stats_baselines
     ]
 
 
@@ -395,17 +505,9 @@ def bench_pair(
     macs_deployed: int | None = None,
     n_bootstrap: int = N_BOOTSTRAP,
     input_shape: Sequence[int] | None = None,
+    peak_gflops: float | None = None,
 ) -> PairResult:
-    """Compare a baseline with our deployed model, timed interleaved (:func:`time_models`).
-
-    Args:
-        baseline: ONNX file of the baseline (the multi-branch original, a peer's export).
-        deployed: ONNX file of our deployed model.
-        protocol: threads, batch and timing budget.
-        macs_baseline: per-image MACs of the baseline, for its GFLOP/s.
-        macs_deployed: per-image MACs of the deployed model, for its GFLOP/s.
-        n_bootstrap: bootstrap resamples for the speedup interval.
-        input_shape: full input shape when the models have symbolic spatial dimensions.
+    """:func:`bench_interleaved` with a single baseline.
 
     Returns:
         Both models' statistics, the ratio of medians and its bootstrap 95 % interval.
@@ -413,17 +515,156 @@ def bench_pair(
     Raises:
         DeployforgeError: on an unloadable model.
     """
-    stats_a, stats_b = time_models([baseline, deployed], protocol, [macs_baseline, macs_deployed], input_shape)
-    samples_a, samples_b = stats_a.samples_ms, stats_b.samples_ms
-    return PairResult(
-        baseline=stats_a,
-        deployed=stats_b,
-        threads=protocol.threads,
-        speedup=float(np.median(samples_a) / np.median(samples_b)),
-        speedup_ci=bootstrap_ratio_of_medians(samples_a, samples_b, n_resamples=n_bootstrap, seed=protocol.seed),
-        n_bootstrap=n_bootstrap,
-        warning=thread_warning(protocol.threads),
+    (pair,) = bench_interleaved(
+        deployed, [baseline], protocol, macs_deployed, [macs_baseline], n_bootstrap, input_shape, peak_gflops
     )
+    return pair
+
+
+@dataclass
+class Peak:
+    """The machine's FP32 GEMM throughput at one thread count: one square MatMul under the protocol's options.
+
+    Attributes:
+        size: side of the square matrices (``size × size`` times ``size × size``).
+        stats: its latency; ``stats.macs`` is ``size³``, so ``stats.gflops`` is the peak.
+    """
+
+    size: int
+    stats: LatencyStats
+
+    @property
+    def threads(self) -> int:
+        """``intra_op_num_threads`` of the measurement."""
+        return int(self.stats.threads or 1)
+
+    @property
+    def gflops(self) -> float:
+        """GFLOP/s at the median latency, ``2 · size³ / p50``."""
+        return float(self.stats.gflops or 0.0)
+
+    def as_dict(self) -> dict:
+        """JSON-ready view."""
+        return {
+            "threads": self.threads,
+            "size": self.size,
+            "gflops": self.gflops,
+            "p50_ms": self.stats.p50_ms,
+            "p90_ms": self.stats.p90_ms,
+            "n_runs": self.stats.n_runs,
+        }
+
+
+def gemm_model(size: int, seed: int = 0) -> bytes:
+    """A serialized ONNX graph of one FP32 MatMul: input ``(size, size)`` times a constant ``(size, size)``.
+
+    The constant right-hand side is what a Conv, Gemm or MatMul of a deployed model has: its weights.
+    """
+    weight = np.random.default_rng(seed).standard_normal((size, size)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])],
+        "gemm_peak",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])],
+        initializer=[numpy_helper.from_array(weight, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def measure_peak(protocol: TimingProtocol, size: int = PEAK_GEMM_SIZE) -> Peak:
+    """Measure the FP32 GEMM peak at ``protocol.threads`` with onnxruntime.
+
+    The MatMul runs in a session with the protocol's options (:func:`make_session`), warmed up and timed as
+    a model is (at least ``runs`` runs and ``min_time_s`` seconds); the peak is read at the median latency,
+    as a model's GFLOP/s is.
+
+    Args:
+        protocol: threads and timing budget (its batch is ignored).
+        size: side of the square matrices.
+
+    Returns:
+        The measurement.
+
+    Raises:
+        InvalidSetting: ``size`` outside its range.
+    """
+    check_range(size, MIN_PEAK_GEMM_SIZE, MAX_PEAK_GEMM_SIZE, "peak_size", "GEMM size")
+    session = make_session(gemm_model(size, protocol.seed), protocol.threads)
+    run = _runner(session, make_feed(session, seed=protocol.seed, input_shape=(size, size)))
+    _warmup(run, protocol.warmup_s)
+    (samples,) = _time_interleaved([run], protocol.runs, protocol.min_time_s)
+    return Peak(size, LatencyStats.from_samples(samples, threads=protocol.threads, macs=size**3))
+
+
+@dataclass(frozen=True)
+class BaselineGraph:
+    """A baseline's ONNX graph, what it is, and whether it computes what our deployed graph computes.
+
+    Attributes:
+        baseline: what the graph is.
+        path: the ONNX file.
+        macs: MACs per image of the graph, for its GFLOP/s.
+        rel_l2: its outputs against our deployed graph's (rel-L2), once :func:`check_baselines` compared them.
+    """
+
+    baseline: Baseline
+    path: Path
+    macs: int | None = None
+    rel_l2: float | None = None
+
+
+def _first_output(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
+    return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+
+
+def check_baselines(
+    deployed: Path | str,
+    baselines: Sequence[BaselineGraph],
+    inputs: np.ndarray | None = None,
+    batch: int = CHECK_BATCH,
+    seed: int = 0,
+    tolerance: float = TOLERANCES.onnx,
+) -> tuple[BaselineGraph, ...]:
+    """Check that every baseline computes the same function as our deployed graph, before anything is timed.
+
+    Each graph runs in a session with the protocol's options (the very graphs onnxruntime will time) on the
+    same inputs; a baseline agrees when its rel-L2 against ours is within ``tolerance``
+    (docs/design.md, "Parity and tolerances").
+
+    Args:
+        deployed: ONNX file of our deployed model.
+        baselines: the graphs to check.
+        inputs: the batch to compare on (the parity batch); by default ``batch`` random ``N(0, 1)`` inputs
+            shaped as the deployed graph's input.
+        batch: images in the default batch.
+        seed: seed of the default batch.
+        tolerance: the rel-L2 bound.
+
+    Returns:
+        The baselines with ``rel_l2`` filled in.
+
+    Raises:
+        BaselineDisagrees: a baseline is over ``tolerance`` (or not finite); the message names it.
+        DeployforgeError: an unloadable graph.
+    """
+    ours = make_session(deployed, 1)
+    if inputs is None:
+        inputs = next(iter(make_feed(ours, batch, seed).values()))
+    reference = _first_output(ours, inputs)
+    checked = []
+    for graph in baselines:
+        agreement = compare(_first_output(make_session(graph.path, 1), inputs), reference, tolerance)
+        if not agreement.ok:
+            raise BaselineDisagrees(
+                f"the {graph.baseline.value} baseline {Path(graph.path).name} and our {Path(deployed).name} disagree "
+                f"(rel-L2 {agreement.rel_l2:.3g} > {tolerance:g}); timing them would compare two different "
+                "functions: re-export both from the same weights"
+            )
+        checked.append(dataclasses.replace(graph, rel_l2=agreement.rel_l2))
+    return tuple(checked)
 
 
 @dataclass
@@ -432,14 +673,14 @@ class BenchRow:
 
     Attributes:
         model: registry name.
-        against: the baseline (``multi-branch``, ``timm``).
+        against: the baseline (``multi-branch``, ``timm``, ``timm-dynamo``).
         size: the export's params and MACs.
-        pair: the interleaved timings.
-        rel_l2: the baseline's outputs against ours on the parity batch, where they were compared.
+        pair: the interleaved timings (shared with the other baselines of the same run).
+        rel_l2: the baseline's outputs against ours, checked before timing.
     """
 
     model: str
-    against: Against
+    against: Baseline
     size: SizeReport
     pair: PairResult
     rel_l2: float | None = None
@@ -473,8 +714,69 @@ def onnx_pair(directory: Path) -> tuple[Manifest, Path, Path]:
     return manifest, multi, merged
 
 
+def bench_rows(
+    model: str,
+    size: SizeReport,
+    deployed: Path,
+    baselines: Sequence[BaselineGraph],
+    protocols: Sequence[TimingProtocol],
+    progress: Callable[[str], None] = lambda _: None,
+    peaks: Sequence[Peak] = (),
+    fixed_batch: int | None = None,
+) -> list[BenchRow]:
+    """Check every baseline against our deployed graph, then time them all interleaved, once per protocol.
+
+    Baselines not yet checked (``rel_l2`` None) are checked first (:func:`check_baselines`, on random
+    inputs); one that disagrees stops everything before any timing.
+
+    Args:
+        model: registry name.
+        size: the export's params and MACs (``macs_onnx`` is ours).
+        deployed: ONNX file of our deployed model.
+        baselines: the graphs to time against ours, all in the same run.
+        protocols: one timing run per protocol (thread count).
+        progress: called as each step starts.
+        peaks: FP32 GEMM peaks measured in this run; a row's GFLOP/s is read against the one of its thread
+            count.
+        fixed_batch: the batch of a fixed-batch graph (every protocol is timed at it).
+
+    Returns:
+        One row per protocol and baseline, protocol by protocol, baselines in order.
+
+    Raises:
+        BaselineDisagrees: a baseline computes another function.
+        DeployforgeError: an unloadable model.
+    """
+    if any(graph.rel_l2 is None for graph in baselines):
+        progress(f"{model}: checking {len(baselines)} baseline(s) compute what ours computes")
+        baselines = check_baselines(deployed, baselines, batch=fixed_batch or CHECK_BATCH)
+    peak_at = {peak.threads: peak.gflops for peak in peaks}
+    rows = []
+    for protocol in protocols:
+        if fixed_batch is not None:  # a graph of fixed batch is timed at that batch
+            protocol = dataclasses.replace(protocol, batch=fixed_batch)
+        names = ", ".join(graph.baseline.value for graph in baselines)
+        progress(f"{model}: timing ours, {names} interleaved at {protocol.threads} thread(s)")
+        pairs = bench_interleaved(
+            deployed,
+            [graph.path for graph in baselines],
+            protocol,
+            size.macs_onnx,
+            [graph.macs for graph in baselines],
+            peak_gflops=peak_at.get(protocol.threads),
+        )
+        rows += [
+            BenchRow(model, graph.baseline, size, pair, graph.rel_l2)
+            for graph, pair in zip(baselines, pairs, strict=True)
+        ]
+    return rows
+
+
 def bench_export(
-    directory: Path, protocols: Sequence[TimingProtocol], progress: Callable[[str], None] = lambda _: None
+    directory: Path,
+    protocols: Sequence[TimingProtocol],
+    progress: Callable[[str], None] = lambda _: None,
+    peaks: Sequence[Peak] = (),
 ) -> list[BenchRow]:
     """Time an export's multi-branch and deployed ONNX, interleaved, once per protocol (thread count).
 
@@ -482,19 +784,24 @@ def bench_export(
         directory: ``OUT/MODEL`` written by ``export`` with ONNX artifacts.
         protocols: one timing protocol per row.
         progress: called as each timing starts.
+        peaks: FP32 GEMM peaks measured in this run (:func:`measure_peak`).
 
     Returns:
         One row per protocol.
 
     Raises:
+        BaselineDisagrees: the two graphs compute different functions.
         DeployforgeError: no ONNX pair, or an unloadable model.
     """
     manifest, multi, merged = onnx_pair(Path(directory))
-    rows = []
-    for protocol in protocols:
-        if manifest.input.fixed_batch is not None:  # a graph of fixed batch is timed at that batch
-            protocol = dataclasses.replace(protocol, batch=manifest.input.fixed_batch)
-        progress(f"{manifest.model}: timing at {protocol.threads} thread(s)")
-        pair = bench_pair(multi, merged, protocol, manifest.size.macs_onnx_multibranch, manifest.size.macs_onnx)
-        rows.append(BenchRow(manifest.model, Against.MULTI_BRANCH, manifest.size, pair))
-    return rows
+    baseline = BaselineGraph(Baseline.MULTI_BRANCH, multi, manifest.size.macs_onnx_multibranch)
+    return bench_rows(
+        manifest.model,
+        manifest.size,
+        merged,
+        [baseline],
+        protocols,
+        progress,
+        peaks,
+        fixed_batch=manifest.input.fixed_batch,
+    )

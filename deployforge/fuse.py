@@ -40,17 +40,22 @@ class FuseReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def find_foldable_pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], dict[str, str]]:
+def find_foldable_pairs(
+    model: nn.Module, example: torch.Tensor, program: torch.export.ExportedProgram | None = None
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """Find ``(producer, batchnorm)`` module pairs that can be folded.
 
     Args:
         model: an eval-mode model.
         example: an input the model accepts (its values do not matter).
+        program: a ``torch.export`` capture of ``model`` (any batch, static or dynamic) to read the graph
+            from; ``None`` captures ``model`` on ``example`` here.
 
     Returns:
         The foldable pairs, and the BatchNorms that cannot be folded with the reason.
     """
-    program = torch.export.export(model, (example,))
+    if program is None:
+        program = torch.export.export(model, (example,))
     signature = program.graph_signature
     param_owner = {name: fqn.rsplit(".", 1)[0] for name, fqn in signature.inputs_to_parameters.items()}
     buffer_owner = {name: fqn.rsplit(".", 1)[0] for name, fqn in signature.inputs_to_buffers.items()}
@@ -87,7 +92,9 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, new)
 
 
-def fuse_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, FuseReport]:
+def fuse_batchnorm(
+    model: nn.Module, example: torch.Tensor, program: torch.export.ExportedProgram | None = None
+) -> tuple[nn.Module, FuseReport]:
     """Return a copy of ``model`` with every single-consumer conv→BN / linear→BN pair folded.
 
     The folded BatchNorm is replaced by ``nn.Identity``; the conv gains a bias if it had none.
@@ -96,12 +103,16 @@ def fuse_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, 
     Args:
         model: the model (put into eval mode on the copy).
         example: an input the model accepts.
+        program: a ``torch.export`` capture of ``model`` in eval mode to find the pairs on (the pipeline
+            passes the dynamic-batch capture it also exports as the multi-branch ONNX, so the original is
+            captured once); ``None`` captures the model here. Module paths are the same in ``model``, its
+            copy and the capture, so the pairs found are the same either way.
 
     Returns:
         The fused copy and a report of the folds.
     """
     fused = copy.deepcopy(model).eval()
-    pairs, skipped = find_foldable_pairs(fused, example)
+    pairs, skipped = find_foldable_pairs(fused, example, program)
     for conv_path, bn_path in pairs:
         conv, bn = fused.get_submodule(conv_path), fused.get_submodule(bn_path)
         weight, bias = fold_bn(conv.weight, conv.bias, bn)

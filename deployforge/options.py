@@ -21,6 +21,8 @@ MAX_BATCH = 1024  # upper bound of the dynamic batch dimension
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 2048
 # Upper bounds of the timing protocol: beyond these a run is a mistake, not a measurement.
 MAX_THREADS, MAX_RUNS, MAX_SECONDS = 256, 100_000, 3600.0
+# The FP32 GEMM peak is timed on one square MatMul of this side (docs/design.md, "Latency protocol").
+PEAK_GEMM_SIZE, MIN_PEAK_GEMM_SIZE, MAX_PEAK_GEMM_SIZE = 1024, 64, 8192
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
@@ -56,11 +58,26 @@ class Capture(str, enum.Enum):
     JIT_TRACE = "torch.jit.trace"
 
 
+class Baseline(str, enum.Enum):
+    """The graph one bench row times our deployed ONNX against."""
+
+    MULTI_BRANCH = "multi-branch"  # our multi-branch original, exported with the deployed graph
+    TIMM = "timm"  # timm's reparameterized model through timm's own onnx_export (TorchScript, its default)
+    TIMM_DYNAMO = "timm-dynamo"  # the same through the torch.export-based (dynamo) exporter
+
+
 class Against(str, enum.Enum):
     """What ``bench`` times our deployed ONNX against."""
 
     MULTI_BRANCH = "multi-branch"
     TIMM = "timm"
+
+    @property
+    def baselines(self) -> tuple[Baseline, ...]:
+        """The baselines timed with ours in one interleaved run (timm: its two exports and ours multi-branch)."""
+        if self is Against.TIMM:
+            return (Baseline.TIMM, Baseline.TIMM_DYNAMO, Baseline.MULTI_BRANCH)
+        return (Baseline.MULTI_BRANCH,)
 
 
 def choose(kind: type[enum.Enum], value: str | enum.Enum, setting: str, what: str) -> enum.Enum:

@@ -1,9 +1,11 @@
 """Peer baselines: the same weights exported the way a user of another tool does it, timed against ours.
 
 timm is the peer for every family it ships: its model gets seeded, stressed random weights; our export
-loads that very state dict (through the family's key map), so both graphs compute the same function. That
-is checked (rel-L2 on the parity batch) before anything is timed. Our export of those weights serves as
-well for the multi-branch comparison (:func:`deployforge.bench.bench_export` on :attr:`TimmPeer.ours`).
+loads that very state dict (through the family's key map). timm's reparameterized model is exported through
+timm's own ``onnx_export``, once with the TorchScript exporter (timm's default, what a timm user gets) and
+once with the torch.export-based (dynamo) exporter. Those two graphs and our multi-branch original are each
+checked to compute what our deployed graph computes (rel-L2 on the parity batch) before anything is timed,
+then all four are timed interleaved in one run (:func:`deployforge.bench.bench_rows`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from pathlib import Path
 import onnx
 import torch
 
-from .bench import BenchRow, bench_pair, onnx_pair
+from .bench import BaselineGraph, BenchRow, Peak, bench_rows, check_baselines, onnx_pair
 from .errors import DeployforgeError
-from .export.onnx import INPUT_NAME, OUTPUT_NAME, run_onnx
+from .export.onnx import INPUT_NAME, OUTPUT_NAME
 from .measure import onnx_macs
-from .options import DEFAULT_OPSET, Against, ExportSettings, Target, TimingProtocol
-from .parity import TOLERANCES, compare
+from .options import DEFAULT_OPSET, Against, Baseline, ExportSettings, Target, TimingProtocol
 from .pipeline import DEFAULT_SEED, export, parity_inputs
 from .registry import ModelSpec
 from .stress import stress_weights
@@ -43,6 +44,10 @@ class PeerExporter(str, enum.Enum):
 
     TORCHSCRIPT = "torchscript"  # timm's default (``use_dynamo=False``)
     DYNAMO = "dynamo"
+
+
+# The bench row each of timm's exports yields.
+PEER_BASELINES = {PeerExporter.TORCHSCRIPT: Baseline.TIMM, PeerExporter.DYNAMO: Baseline.TIMM_DYNAMO}
 
 
 def export_timm_reparameterized(
@@ -84,81 +89,105 @@ def export_timm_reparameterized(
 
 @dataclass(frozen=True)
 class TimmPeer:
-    """timm's own export and ours, of the same weights, shown to compute the same function.
+    """Our export and timm's, of the same weights, each baseline shown to compute what ours computes.
 
     Attributes:
         spec: the registered model.
         ours: our export directory (``OUT/MODEL`` with the ONNX pair and manifest).
-        peer: timm's reparameterized ONNX.
-        peer_macs: MACs per image of timm's graph.
-        rel_l2: timm's outputs against ours on the parity batch.
+        baselines: timm's TorchScript export, timm's dynamo export and our multi-branch original (the order of
+            ``Against.TIMM.baselines``), each with its rel-L2 against our deployed graph on the parity batch.
     """
 
     spec: ModelSpec
     ours: Path
-    peer: Path
-    peer_macs: int
-    rel_l2: float
+    baselines: tuple[BaselineGraph, ...]
+
+
+def _macs(path: Path) -> int | None:
+    try:
+        return onnx_macs(onnx.load(str(path)))
+    except ValueError:  # a counted node whose shapes the peer's graph leaves uninferred: GFLOP/s unknown
+        return None
+
+
+def _export_peer(
+    model: torch.nn.Module, spec: ModelSpec, input_size: int, path: Path, opset: int, exporter: PeerExporter
+) -> BaselineGraph:
+    try:
+        export_timm_reparameterized(model, input_size, path, opset, exporter)
+    except Exception as error:  # the exporters raise many unrelated types
+        lines = str(error).strip().splitlines()
+        raise DeployforgeError(
+            f"{spec.name}: timm's {exporter.value} ONNX export failed ({lines[0] if lines else type(error).__name__})"
+        ) from error
+    return BaselineGraph(PEER_BASELINES[exporter], path, _macs(path))
 
 
 def prepare_timm_peer(
-    spec: ModelSpec, scratch: Path, opset: int = DEFAULT_OPSET, progress: Callable[[str], None] = lambda _: None
+    spec: ModelSpec,
+    scratch: Path,
+    opset: int = DEFAULT_OPSET,
+    progress: Callable[[str], None] = lambda _: None,
+    input_size: int | None = None,
 ) -> TimmPeer:
-    """Export timm's model and ours from the same stressed random weights, and check they agree.
+    """Export timm's model (both exporters) and ours from the same stressed random weights, and check they agree.
 
     Args:
         spec: a registered model timm ships.
-        scratch: a directory for the checkpoint and both exports.
-        opset: ONNX opset of both exports.
+        scratch: a directory for the checkpoint and every export.
+        opset: ONNX opset of every export.
         progress: called as each step starts.
+        input_size: square input side of every export (default: the variant's published size).
 
     Returns:
-        Both exports.
+        Our export and the three baselines, checked.
 
     Raises:
-        DeployforgeError: timm missing or without this model, a failed export, or the two exports disagree.
+        BaselineDisagrees: a baseline does not compute what our deployed graph computes (rel-L2 over 1e-5).
+        DeployforgeError: timm missing or without this model, or a failed export.
     """
     from safetensors.torch import save_file
 
     progress(f"{spec.name}: build timm's {spec.timm_name} with stressed random weights")
     model = _timm_model(spec)
-    Path(scratch).mkdir(parents=True, exist_ok=True)
-    weights = Path(scratch) / f"{spec.name}.timm.safetensors"
+    size = input_size or spec.input_size
+    scratch = Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    weights = scratch / f"{spec.name}.timm.safetensors"
     save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(weights))
-    settings = ExportSettings(target=Target.ONNX, opset=opset)
-    report = export(spec, settings, out=Path(scratch) / "ours", weights=weights, progress=progress)
+    settings = ExportSettings(target=Target.ONNX, opset=opset, input_size=input_size)
+    report = export(spec, settings, out=scratch / "ours", weights=weights, progress=progress)
     if not report.ok:
         raise DeployforgeError(f"{spec.name}: export failed parity ({'; '.join(report.breaches)})")
-    ours = report.directory / f"{spec.name}.onnx"
-    progress(f"{spec.name}: export timm's reparameterized model")
-    peer = export_timm_reparameterized(model, spec.input_size, Path(scratch) / f"{spec.name}.timm.onnx", opset)
-    inputs = parity_inputs(spec.input_size, count=2).numpy()
-    agreement = compare(run_onnx(peer, inputs), run_onnx(ours, inputs), TOLERANCES.onnx)
-    if not agreement.ok:
-        raise DeployforgeError(
-            f"{spec.name}: timm's export and ours disagree (rel-L2 {agreement.rel_l2:.3g}); timing them would "
-            "compare two different functions"
-        )
-    return TimmPeer(spec, report.directory, peer, onnx_macs(onnx.load(str(peer))), agreement.rel_l2)
+    manifest, multi, ours = onnx_pair(report.directory)
+    graphs = {Baseline.MULTI_BRANCH: BaselineGraph(Baseline.MULTI_BRANCH, multi, manifest.size.macs_onnx_multibranch)}
+    for exporter in PeerExporter:
+        progress(f"{spec.name}: export timm's reparameterized model with the {exporter.value} exporter")
+        path = scratch / f"{spec.name}.timm-{exporter.value}.onnx"
+        graphs[PEER_BASELINES[exporter]] = _export_peer(model, spec, size, path, opset, exporter)
+    progress(f"{spec.name}: check every baseline computes what ours computes")
+    inputs = parity_inputs(size, count=2).numpy()
+    checked = check_baselines(ours, [graphs[kind] for kind in Against.TIMM.baselines], inputs)
+    return TimmPeer(spec, report.directory, checked)
 
 
 def bench_timm_peer(
-    peer: TimmPeer, protocols: Sequence[TimingProtocol], progress: Callable[[str], None] = lambda _: None
+    peer: TimmPeer,
+    protocols: Sequence[TimingProtocol],
+    progress: Callable[[str], None] = lambda _: None,
+    peaks: Sequence[Peak] = (),
 ) -> list[BenchRow]:
-    """Time timm's export against ours, interleaved, once per protocol (thread count).
+    """Time timm's two exports, our multi-branch original and our deployed graph interleaved, once per protocol.
 
     Args:
-        peer: both exports, from :func:`prepare_timm_peer`.
-        protocols: one timing protocol per row.
+        peer: the exports, from :func:`prepare_timm_peer`.
+        protocols: one timing run per protocol (thread count).
         progress: called as each timing starts.
+        peaks: FP32 GEMM peaks measured in this run (:func:`deployforge.bench.measure_peak`).
 
     Returns:
-        One row per protocol; ``rel_l2`` is timm's export against ours on the parity batch.
+        Three rows per protocol (``timm``, ``timm-dynamo``, ``multi-branch``), all from the same run; ``rel_l2``
+        is each baseline against ours on the parity batch.
     """
     manifest, _, ours = onnx_pair(peer.ours)
-    rows = []
-    for protocol in protocols:
-        progress(f"{peer.spec.name}: timing timm vs ours at {protocol.threads} thread(s)")
-        pair = bench_pair(peer.peer, ours, protocol, peer.peer_macs, manifest.size.macs_onnx)
-        rows.append(BenchRow(peer.spec.name, Against.TIMM, manifest.size, pair, peer.rel_l2))
-    return rows
+    return bench_rows(peer.spec.name, manifest.size, ours, peer.baselines, protocols, progress, peaks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import onnx
 import torch
 from torch import nn
 
+from .audit import audit_onnx
 from .errors import InvalidSetting
 from .export import onnx as onnx_export
 from .fuse import FuseReport, fuse_batchnorm
@@ -33,10 +35,10 @@ from .manifest import (
     tool_versions,
 )
 from .measure import SizeReport, torch_macs, torch_params
-from .options import ExportSettings
+from .options import Capture, ExportSettings
 from .parity import TOLERANCES, compare
 from .registry import ModelSpec
-from .reparam import reparameterize
+from .reparam import reparameterize, reparameterize_structure
 from .report import (
     CaptureDetails,
     FuseDetails,
@@ -68,12 +70,15 @@ class StageOutputs:
         fuse_report: the folds made and the BatchNorms left.
         reparameterized: the fused model with its branches merged.
         traced: the captured graph of the reparameterized model.
+        original_traced: the original's dynamic-batch capture the fuse stage found its pairs on, when asked
+            for (the export converts it to the multi-branch ONNX); ``None`` otherwise.
     """
 
     fused: nn.Module
     fuse_report: FuseReport
     reparameterized: nn.Module
     traced: Traced
+    original_traced: Traced | None = None
 
 
 def _noop(_: str) -> None:
@@ -118,31 +123,74 @@ def fit_batch(values: torch.Tensor | np.ndarray, batch: int | None) -> torch.Ten
     return tiled[:batch]
 
 
+def _forward(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    torch.set_num_threads(1)  # this worker's own OpenMP setting (the caller restores the process-wide one)
+    with torch.no_grad():  # grad mode is per thread
+        return model(inputs)
+
+
 def logits(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
-    """Run ``model`` on ``inputs`` without gradients; return the outputs as a numpy array."""
-    with torch.no_grad():
-        return model(inputs).numpy()
+    """Run ``model`` on ``inputs`` without gradients; return the outputs as a numpy array.
+
+    With torch allowed ``n > 1`` intra-op threads, the batch is cut into ``n`` chunks that ``n`` worker threads
+    run at once, one intra-op thread each (torch releases the GIL in its kernels), joined in order: every input
+    still goes through the model. Both cores work with no OpenMP barrier to meet at every op. On 2 cores the
+    8-image forward of MobileViT v2-2.0 takes 1.2 s this way against 1.4 s with 2 OpenMP threads; with another
+    process busy on one core, 2 OpenMP threads were 2-8x slower than one (each op waits for the descheduled
+    thread), the chunks are not. The outputs are those of a one-thread forward of each chunk, the same on
+    every run; they differ from a 2-thread forward of the whole batch by float rounding (rel-L2 ~1e-7).
+    """
+    threads = torch.get_num_threads()
+    chunks = inputs.tensor_split(min(threads, len(inputs)))
+    if len(chunks) < 2:
+        with torch.no_grad():
+            return model(inputs).numpy()
+    try:
+        with ThreadPoolExecutor(len(chunks), thread_name_prefix="deployforge-parity") as pool:
+            outputs = list(pool.map(_forward, [model] * len(chunks), chunks))
+    finally:
+        torch.set_num_threads(threads)
+    return torch.cat(outputs).numpy()
 
 
 def eager_stages(
-    original: nn.Module, inputs: torch.Tensor, reference: np.ndarray, progress: Progress = _noop
+    original: nn.Module,
+    inputs: torch.Tensor,
+    reference: np.ndarray,
+    progress: Progress = _noop,
+    capture_original: bool = False,
 ) -> tuple[StageOutputs, list[StageRecord]]:
     """Run fuse, reparameterize and trace, comparing each against ``reference`` (the original's logits).
 
+    Args:
+        original: the multi-branch original (not modified).
+        inputs: the parity batch.
+        reference: the original's logits on ``inputs``.
+        progress: called as each stage starts.
+        capture_original: capture the original with a dynamic batch (:func:`deployforge.trace.trace`) and
+            find the fuse stage's pairs on that program, returned as ``original_traced`` for the export to
+            convert to the multi-branch ONNX: the original is captured once. Otherwise the fuse stage makes
+            its own fixed-shape capture (cheaper when nothing else needs one, as in ``verify``).
+
     Returns:
-        The stage outputs and their waterfall rows.
+        The stage outputs and their waterfall rows, each timed (the fuse row includes the capture).
     """
     probe, tolerance = inputs[:2], TOLERANCES.eager
     progress("fuse BatchNorm")
-    fused, fuse_report = fuse_batchnorm(original, probe)
+    started = time.perf_counter()
+    original_traced = trace(original, probe) if capture_original else None
+    program = original_traced.program if original_traced and original_traced.capture is Capture.TORCH_EXPORT else None
+    fused, fuse_report = fuse_batchnorm(original, probe, program)
     rows = [
         StageRecord(
             "fuse",
             compare(logits(fused, inputs), reference, tolerance),
             FuseDetails(bns_folded=len(fuse_report.folded), bns_left_for_merge=len(fuse_report.skipped)),
+            seconds=_since(started),
         )
     ]
     progress("reparameterize branches")
+    started = time.perf_counter()
     merged, count = reparameterize(fused)
     rows.append(
         StageRecord(
@@ -151,18 +199,50 @@ def eager_stages(
             MergeDetails(
                 branches_merged=count.branches, layer_scales_folded=count.layer_scales, norms_folded=count.norms
             ),
+            seconds=_since(started),
         )
     )
     progress("trace (torch.export, dynamic batch)")
+    started = time.perf_counter()
     traced = trace(merged, probe)
     rows.append(
         StageRecord(
             "trace",
             compare(logits(traced.module(), inputs), reference, tolerance),
             CaptureDetails(capture=traced.capture, fallback_reason=traced.fallback_reason),
+            seconds=_since(started),
         )
     )
-    return StageOutputs(fused, fuse_report, merged, traced), rows
+    return StageOutputs(fused, fuse_report, merged, traced, original_traced), rows
+
+
+def _since(started: float) -> float:
+    """Seconds of wall time since ``started`` (a ``time.perf_counter()`` reading), to the millisecond."""
+    return round(time.perf_counter() - started, 3)
+
+
+def onnx_logits(source: Path | bytes, inputs: np.ndarray) -> np.ndarray:
+    """Run an ONNX model with onnxruntime on the CPU and return its first output, as :func:`logits` runs torch.
+
+    The session is the one :func:`deployforge.export.onnx.run_onnx` opens (CPU provider, one intra-op thread,
+    default graph optimizations), opened once; with torch allowed ``n > 1`` threads and a dynamic batch, ``n``
+    threads run one chunk of the batch each on it (onnxruntime releases the GIL and its sessions are
+    thread-safe). A graph of fixed batch runs whole.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    path_or_bytes = str(source) if isinstance(source, Path) else source
+    session = ort.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
+    graph_input = session.get_inputs()[0]
+    fixed = isinstance(graph_input.shape[0], int)
+    chunks = [inputs] if fixed else np.array_split(inputs, min(torch.get_num_threads(), len(inputs)))
+    if len(chunks) < 2:
+        return session.run(None, {graph_input.name: inputs})[0]
+    with ThreadPoolExecutor(len(chunks), thread_name_prefix="deployforge-parity") as pool:
+        outputs = list(pool.map(lambda chunk: session.run(None, {graph_input.name: chunk})[0], chunks))
+    return np.concatenate(outputs)
 
 
 def onnx_record(
@@ -173,9 +253,11 @@ def onnx_record(
     details: OnnxDetails | None = None,
     file: str | None = None,
 ) -> StageRecord:
-    """Run an ONNX model with onnxruntime and compare it with the original's logits."""
-    outputs = onnx_export.run_onnx(source, inputs.numpy())
-    return StageRecord(stage, compare(outputs, reference, TOLERANCES.onnx), details or OnnxDetails(), file=file)
+    """Run an ONNX model with onnxruntime and compare it with the original's logits (the row is timed)."""
+    started = time.perf_counter()
+    outputs = onnx_logits(source, inputs.numpy())
+    parity = compare(outputs, reference, TOLERANCES.onnx)
+    return StageRecord(stage, parity, details or OnnxDetails(), file=file, seconds=_since(started))
 
 
 def _check_writable(out: Path) -> None:
@@ -207,8 +289,10 @@ def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], onnx.ModelProto, onnx
     spec, settings, probe = run.spec, run.settings, run.inputs[:2]
     inputs, reference = fit_batch(run.inputs, settings.batch), fit_batch(run.reference, settings.batch)
     run.progress("export ONNX (reparameterized)")
+    started = time.perf_counter()
     model = onnx_export.export_onnx(run.stages.traced, probe, settings.opset, settings.batch)
     rows = [onnx_record("onnx", model.SerializeToString(), inputs, reference)]
+    exported = time.perf_counter()
     simplified, note = onnx_export.simplify(model, settings.batch)
     if simplified is not None:
         candidate = onnx_record("onnxsim", simplified.SerializeToString(), inputs, reference)
@@ -221,12 +305,22 @@ def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], onnx.ModelProto, onnx
     details = OnnxDetails(opset=settings.opset, ir_version=model.ir_version, simplify=note)
     rows[-1] = replace(rows[-1], details=details, file=name)
     onnx_export.save_onnx(model, run.staging / name)
+    run.progress("audit onnxruntime's optimized graph")
+    rows[-1] = replace(rows[-1], details=replace(details, runtime_graph=audit_onnx(run.staging / name)))
+    # The row that writes the file is timed up to the file: a kept onnxsim row from onnxsim's start, the onnx
+    # row from the export (onnxsim's try included when its graph is not kept).
+    if len(rows) == 2:
+        rows[0] = replace(rows[0], seconds=round(exported - started, 3))
+        started = exported
+    rows[-1] = replace(rows[-1], seconds=_since(started))
 
     run.progress("export ONNX (multi-branch original, for bench)")
+    started = time.perf_counter()
     multi_name = f"{spec.name}.multibranch.onnx"
-    multi = onnx_export.export_onnx(trace(run.original, probe), probe, settings.opset, settings.batch)
+    multi = onnx_export.export_onnx(run.stages.original_traced, probe, settings.opset, settings.batch)
     onnx_export.save_onnx(multi, run.staging / multi_name)
-    rows.append(onnx_record("onnx-multibranch", run.staging / multi_name, inputs, reference, file=multi_name))
+    multi_row = onnx_record("onnx-multibranch", run.staging / multi_name, inputs, reference, file=multi_name)
+    rows.append(replace(multi_row, seconds=_since(started)))
     return rows, model, multi
 
 
@@ -235,11 +329,13 @@ def _coreml_artifact(run: _Run, input_size: int) -> StageRecord:
 
     precision = run.settings.precision
     run.progress(f"export Core ML ({precision.value})")
+    started = time.perf_counter()
     name = f"{run.spec.name}.mlpackage"
     example = parity_inputs(input_size, count=run.settings.batch or 1)
     details = export_coreml(run.stages.reparameterized, example, run.staging / name, precision)
     package = describe_package(run.staging / name)
-    return StageRecord(f"coreml-{precision.value}", None, replace(details, package=package), file=name)
+    details = replace(details, package=package)
+    return StageRecord(f"coreml-{precision.value}", None, details, file=name, seconds=_since(started))
 
 
 def export(
@@ -273,14 +369,14 @@ def export(
     _check_writable(out)
     inputs = parity_inputs(input_size)
     reference = logits(original, inputs)
-    outputs, rows = eager_stages(original, inputs, reference, progress)
+    outputs, rows = eager_stages(original, inputs, reference, progress, capture_original=settings.target.writes_onnx)
 
     with staged(out / spec.name) as stage:
         stage.path.mkdir()
         run = _Run(spec, settings, original, outputs, inputs, reference, stage.path, progress)
         size = SizeReport(
             params_train=torch_params(original),
-            params_reparameterized=torch_params(reparameterize(original)[0]),
+            params_reparameterized=torch_params(reparameterize_structure(original)),
             params_deployed_torch=torch_params(outputs.reparameterized),
             macs_torch=torch_macs(outputs.reparameterized, inputs[:1]),
             reference_params_m=spec.reference.params_m,

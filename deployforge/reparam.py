@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from deployforge.models.blocks import MergeCount
@@ -30,3 +31,28 @@ def reparameterize(model: nn.Module) -> tuple[nn.Module, MergeCount]:
     """
     merged = copy.deepcopy(model).eval()
     return merged, _reparameterize_tree(merged)
+
+
+def reparameterize_structure(model: nn.Module) -> nn.Module:
+    """The architecture :func:`reparameterize` makes of ``model``, without its weights (on the meta device).
+
+    Every parameter and buffer is copied as a meta tensor (shape and dtype, no storage) and the merges run on
+    the meta device, so nothing is copied or computed: what it is for is counting the reparameterized model's
+    parameters without a second copy and merge of the whole model. The merges are structural (a block's
+    inference form never depends on its weight values), so shapes and counts equal those of
+    ``reparameterize(model)[0]``; tests/test_sizes.py checks it for every registered model.
+
+    Args:
+        model: a model, multi-branch or already (partly) reparameterized (not modified).
+
+    Returns:
+        The reparameterized meta-device copy (eval mode); it cannot run on data.
+    """
+    memo: dict[int, object] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    skeleton = copy.deepcopy(model, memo).eval()
+    with torch.device("meta"):
+        _reparameterize_tree(skeleton)
+    return skeleton

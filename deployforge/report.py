@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
+from .audit import GraphAudit
 from .options import Capture, Precision
 from .parity import Parity
 
@@ -71,11 +72,14 @@ class OnnxDetails:
         opset: ONNX opset of the graph (``None`` when only run, not written, by this row).
         ir_version: ONNX IR version.
         simplify: what onnxsim did.
+        runtime_graph: what onnxruntime made of the deployed graph (fused ops, layout reorders, unfused
+            chains), for the row that wrote it.
     """
 
     opset: int | None = None
     ir_version: int | None = None
     simplify: str | None = None
+    runtime_graph: GraphAudit | None = None
     kind: Literal["onnx"] = "onnx"
 
 
@@ -135,6 +139,7 @@ class StageRecord:
         details: what the stage did.
         file: the artifact this row ran, when it ran one.
         error: why the row failed outside its numbers (an unreadable artifact, a wrong spec).
+        seconds: wall time of the stage, its parity run included (0.0 where nothing timed the row).
     """
 
     stage: str
@@ -142,6 +147,7 @@ class StageRecord:
     details: StageDetails
     file: str | None = None
     error: str | None = None
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:

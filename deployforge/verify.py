@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,8 +33,11 @@ def _package_problems(path: Path, manifest: Manifest) -> tuple[object, str | Non
 
 
 def _check_package(path: Path, manifest: Manifest, exported: StageRecord) -> StageRecord:
+    started = time.perf_counter()
     package, problem = _package_problems(path, manifest)
-    return StageRecord(exported.stage, None, replace(exported.details, package=package), path.name, problem)
+    details = replace(exported.details, package=package)
+    seconds = round(time.perf_counter() - started, 3)
+    return StageRecord(exported.stage, None, details, path.name, problem, seconds=seconds)
 
 
 def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Report:
@@ -52,14 +56,16 @@ def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Re
     directory = Path(directory)
     manifest = read_manifest(directory)
     spec = get_spec(manifest.model)
-    breaches = []
+    breaches, hashing = [], {}
     progress(f"{spec.name}: hash artifacts")
     for name, digest in manifest.artifacts.items():
         path = directory / name
+        started = time.perf_counter()
         if not path.exists():
             breaches.append(f"{name}: missing")
         elif artifact_digest(path) != digest:
             breaches.append(f"{name}: sha256 differs from the manifest (the file changed after export)")
+        hashing[name] = time.perf_counter() - started
     progress(f"{spec.name}: rebuild the original and re-run the stages")
     original = build_original(spec, manifest.weights.checkpoint(), manifest.weights.seed)
     inputs = parity_inputs(manifest.input.size, manifest.parity_inputs.count, manifest.parity_inputs.seed)
@@ -75,14 +81,18 @@ def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Re
             stage = "onnx-multibranch" if name.endswith(".multibranch.onnx") else "onnx"
             try:
                 batch_inputs, batch_reference = fit_batch(inputs, count), fit_batch(reference, count)
-                rows.append(onnx_record(stage, path, batch_inputs, batch_reference, OnnxDetails(), file=name))
+                row = onnx_record(stage, path, batch_inputs, batch_reference, OnnxDetails(), file=name)
             except Exception as error:  # noqa: BLE001 - an unloadable artifact is a failed verification
                 breaches.append(f"{name}: onnxruntime cannot run it ({type(error).__name__})")
+                continue
         elif name.endswith(".mlpackage"):
             progress(f"{spec.name}: load {name} spec")
             exported = next((r for r in manifest.stages if r.file == name), None)
             if exported is None or not isinstance(exported.details, CoreMLDetails):
                 breaches.append(f"{name}: the manifest records no Core ML stage for it")
                 continue
-            rows.append(_check_package(path, manifest, exported))
+            row = _check_package(path, manifest, exported)
+        else:
+            continue
+        rows.append(replace(row, seconds=round(row.seconds + hashing[name], 3)))  # its hash check included
     return Report(spec.name, rows, breaches + breaches_of(rows), manifest, directory)

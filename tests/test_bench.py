@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deployforge import bench
 from deployforge.errors import DeployforgeError, InvalidSetting
-from deployforge.options import TimingProtocol
+from deployforge.options import Against, Baseline, TimingProtocol
 
 FAST = TimingProtocol(threads=1, runs=10, warmup_s=0.05, min_time_s=0.1)
 
@@ -76,6 +76,60 @@ def test_bench_pair(models: tuple[Path, Path]) -> None:
     d = json.loads(json.dumps(r.as_dict()))
     assert set(d) >= {"threads", "baseline", "deployed", "speedup", "speedup_ci95", "warning"}
     assert "samples_ms" not in d["baseline"]
+    assert d["interleaved"] == 2 and d["deployed"]["peak_fraction"] is None
+
+
+def test_bench_interleaved_n_way(models: tuple[Path, Path]) -> None:
+    """Every baseline and ours are timed in one run: same sample count, one ratio per baseline, ours shared."""
+    multi, reparam = models
+    pairs = bench.bench_interleaved(reparam, [multi, reparam, multi], FAST, macs_deployed=1000, macs_baselines=None)
+    assert len(pairs) == 3
+    assert len({id(p.deployed) for p in pairs}) == 1  # one record of ours, shared by every ratio
+    assert len({p.baseline.n_runs for p in pairs} | {pairs[0].deployed.n_runs}) == 1
+    for pair in pairs:
+        _check_stats(pair.baseline, 10, 1)
+        assert pair.interleaved == 4 and pair.threads == 1
+        assert math.isclose(pair.speedup, pair.baseline.p50_ms / pair.deployed.p50_ms)
+        low, high = pair.speedup_ci
+        assert 0 < low <= pair.speedup <= high
+    with pytest.raises(DeployforgeError, match="at least one baseline"):
+        bench.bench_interleaved(reparam, [], FAST)
+
+
+def test_bench_rows_one_row_per_baseline_and_thread_count(models: tuple[Path, Path]) -> None:
+    from deployforge.measure import SizeReport
+
+    _, reparam = models
+    size = SizeReport(0, 0, 0, 0, 0.0, 0.0, params_onnx=576, macs_onnx=8 * 8 * 9 * 256)
+    graphs = [bench.BaselineGraph(Baseline.TIMM, reparam), bench.BaselineGraph(Baseline.MULTI_BRANCH, reparam)]
+    peak = bench.Peak(64, bench.LatencyStats.from_samples([1.0], threads=1, macs=64**3))
+    protocols = [FAST, dataclasses.replace(FAST, threads=2)]
+    rows = bench.bench_rows("toy", size, reparam, graphs, protocols, peaks=[peak])
+    assert [(r.pair.threads, r.against) for r in rows] == [(t, b.baseline) for t in (1, 2) for b in graphs]
+    assert all(r.rel_l2 is not None and r.rel_l2 <= 1e-5 for r in rows)  # checked before timing
+    assert rows[0].pair.deployed is rows[1].pair.deployed  # the two baselines of one run share ours
+    ours = rows[0].pair.deployed
+    assert ours.peak_gflops == peak.gflops and math.isclose(ours.peak_fraction, ours.gflops / peak.gflops)
+    assert rows[2].pair.deployed.peak_gflops is None  # no peak measured at 2 threads
+    d = json.loads(json.dumps(rows[0].as_dict()))
+    assert d["against"] == "timm" and d["deployed"]["peak_gflops"] == peak.gflops
+    assert {"model", "against", "baseline", "deployed", "speedup", "speedup_ci95", "rel_l2"} <= set(d)
+
+
+def test_against_timm_times_three_baselines() -> None:
+    assert Against.MULTI_BRANCH.baselines == (Baseline.MULTI_BRANCH,)
+    assert Against.TIMM.baselines == (Baseline.TIMM, Baseline.TIMM_DYNAMO, Baseline.MULTI_BRANCH)
+
+
+def test_measure_peak() -> None:
+    peak = bench.measure_peak(dataclasses.replace(FAST, runs=3, min_time_s=0), size=128)
+    assert peak.gflops > 0 and peak.size == 128 and peak.threads == 1
+    assert peak.stats.n_runs >= 3 and peak.stats.macs == 128**3
+    assert math.isclose(peak.gflops, 2 * 128**3 / (peak.stats.p50_ms * 1e-3) / 1e9)
+    assert json.loads(json.dumps(peak.as_dict()))["gflops"] == peak.gflops
+    with pytest.raises(InvalidSetting) as error:
+        bench.measure_peak(FAST, size=8)
+    assert error.value.setting == "peak_size"
 
 
 def test_time_models_dynamic_batch(models: tuple[Path, Path]) -> None:
@@ -134,3 +188,63 @@ def test_invalid_protocol(field: str, value: object) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DeployforgeError, match="no ONNX file"):
         bench.time_models([tmp_path / "missing.onnx"], FAST)
+
+
+def test_bench_peak_only_cli(tmp_path: Path) -> None:
+    """``bench --peak`` with nothing exported under --out measures the peak alone (exit 0)."""
+    from typer.testing import CliRunner
+
+    from deployforge.cli.app import app
+
+    quick = ["--runs", "2", "--warmup-s", "0", "--min-time-s", "0"]
+    args = ["bench", "--peak", "--threads", "1", *quick, "--out", str(tmp_path / "none"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["rows"] == [] and payload["peak"][0]["gflops"] > 0
+    assert "peak only" in result.stderr
+
+
+def _zoo_script():
+    """benchmarks/zoo.py, loaded as a module (it is a script, not part of the package)."""
+    import importlib.util
+    import sys
+
+    name = "benchmarks_zoo"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve their annotations through it
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_zoo_outputs_from_fake_rows(tmp_path: Path) -> None:
+    """The zoo writes its CSV (read back unchanged), its markdown with verdicts and both PNG plots."""
+    pytest.importorskip("matplotlib")
+    zoo = _zoo_script()
+
+    def row(family: str, model: str, threads: int, peer: float, multi: float) -> object:
+        ratios = {
+            Baseline.TIMM: zoo.Ratio(10.0 * peer, peer, peer - 0.02, peer + 0.02),
+            Baseline.TIMM_DYNAMO: zoo.Ratio(12.0, 1.2, 1.1, 1.3),
+            Baseline.MULTI_BRANCH: zoo.Ratio(10.0 * multi, multi, multi - 0.01, multi + 0.01),
+        }
+        return zoo.ZooRow(family, model, threads, 18, 4.0, 0.685, 10.0, 11.0, 137.0, 200.0, 3e-7, 50, "now", ratios)
+
+    rows = [
+        row("fastvit", "fastvit_t8", 1, 1.06, 1.15),
+        row("fastvit", "fastvit_t8", 2, 1.00, 1.25),
+        row("mobileone", "mobileone_s0", 1, 0.90, 3.0),
+    ]
+    written = zoo.write_outputs(rows, tmp_path, FAST, {"mobilevit_xs": "timm missing"}, ["a note"])
+    assert [p.name for p in written] == ["zoo.csv", "zoo.md", "zoo_latency_vs_macs.png", "zoo_speedup_vs_peer.png"]
+    for png in written[2:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert zoo.read_rows(tmp_path / "zoo.csv") == zoo.registry_order(rows)
+    md = (tmp_path / "zoo.md").read_text()
+    assert "fastvit_t8 @ 2 thread(s): 1.250 [1.240, 1.260] → met" in md  # reparam vs multi-branch ≥ 1.2
+    assert "mobileone_s0 @ 1 thread(s): 0.900 [0.880, 0.920] → missed" in md  # ours slower than the peer
+    assert "fastvit_t8 @ 1 thread(s): 1.060 [1.040, 1.080] → within noise" in md  # ≥ 1/0.95 only at its point
+    assert "mobilevit_xs: timm missing" in md and "68.5" in md  # the % of peak: 137 / 200

@@ -117,6 +117,31 @@ def test_export_writes_artifacts_and_manifest(exported):
         assert artifact_digest(directory / name) == digest
 
 
+def test_export_records_the_runtime_graph(exported):
+    from deployforge.manifest import read_manifest
+    from deployforge.report import OnnxDetails
+
+    manifest = read_manifest(exported / MODEL)
+    (row,) = [r for r in manifest.stages if r.file == f"{MODEL}.onnx"]
+    assert isinstance(row.details, OnnxDetails)
+    graph = row.details.runtime_graph
+    assert graph is not None and graph.nodes > 0
+    assert graph.fused.get("com.microsoft.Gelu", 0) > 0 and graph.erf == 0  # GELUs fused by onnxruntime
+    assert graph.warnings() == []
+
+
+def test_export_warns_once_per_unfused_pattern(empty_out, monkeypatch):
+    from deployforge import pipeline
+    from deployforge.audit import GraphAudit
+
+    monkeypatch.setattr(pipeline, "audit_onnx", lambda path: GraphAudit(nodes=10, erf=3, sigmoid_mul=2))
+    result = invoke("export", MODEL, "--to", "onnx", "--input-size", SIZE, "--out", empty_out)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, result.stderr
+    assert all(line.startswith(f"warning: {MODEL}.onnx: ") for line in warnings)
+
+
 def test_verify_ok(exported):
     result = invoke("verify", exported)
     assert result.exit_code == 0, result.output

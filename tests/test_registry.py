@@ -30,6 +30,7 @@ REQUIRED = {
         "test_onnx_batch_dimension_is_symbolic",
         "test_reparameterized_onnx_has_no_batchnorm",
     ),
+    "test_audit.py": ("test_runtime_fuses_every_activation_and_norm",),
 }
 
 

@@ -15,7 +15,7 @@ from deployforge.measure import onnx_macs, torch_macs, torch_params
 from deployforge.models.blocks import Reparameterizable
 from deployforge.parity import TOLERANCES, compare
 from deployforge.registry import get_spec, list_models
-from deployforge.reparam import reparameterize
+from deployforge.reparam import reparameterize, reparameterize_structure
 from deployforge.trace import trace
 
 NAMES = [s.name for s in list_models()]
@@ -32,6 +32,12 @@ def test_reparameterized_params_match_registry(name, stressed_original):
     params = torch_params(merged)
     expected = spec.reference.params_m
     assert params == pytest.approx(expected * 1e6, rel=0.01), f"{params / 1e6:.3f} M vs {expected} M"
+    # the export counts them on a weightless copy: the same architecture, so exactly the same count
+    skeleton = reparameterize_structure(stressed_original(name))
+    assert torch_params(skeleton) == params
+    shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in merged.state_dict().items()}
+    assert all(p.device.type == "cpu" for p in stressed_original(name).parameters()), "the input was moved"
     train_time = torch_params(stressed_original(name))
     if any(isinstance(m, Reparameterizable) for m in stressed_original(name).modules()):
         # the train-time model is bigger: reparameterizing removed the extra branches

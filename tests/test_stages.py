@@ -198,5 +198,32 @@ def test_fuse_folds_single_consumer_pairs(make_inputs, rel_l2, bn_count):
         assert rel_l2(fused(x), model(x)) <= TOL
 
 
+# ------------------------------------------------------------------------ the export's shared capture
+
+ONE_PER_FAMILY = ["fastvit_t8", "mobileone_s0", "mobilevit_xxs", "mobilevitv2_050"]
+
+
+@pytest.mark.parametrize("model_name", ONE_PER_FAMILY)
+def test_fuse_on_the_shared_capture(model_name, stressed_original, make_inputs):
+    """The export captures the original once (dynamic batch) and finds the fuse pairs on that program: the same
+    pairs as the fuse stage's own capture, the input untouched, and the program still the original's."""
+    original = stressed_original(model_name)
+    x = make_inputs(batch=2)
+    snapshot = _snapshot(original)
+    captured = trace(original, x)
+    own, own_report = fuse_batchnorm(original, x)
+    shared, shared_report = fuse_batchnorm(original, x, captured.program)
+    assert shared_report == own_report
+    assert shared_report.folded, "the fuse stage folded nothing"
+    state = original.state_dict()
+    assert all(torch.equal(v, snapshot[k]) for k, v in state.items()), "fuse modified its input"
+    with torch.no_grad():
+        assert torch.equal(shared(x), own(x))
+        again, report = fuse_batchnorm(shared, x, trace(shared, x).program)
+        assert report.folded == [] and torch.equal(again(x), shared(x))
+        y = make_inputs(batch=3, seed=3)  # the multi-branch ONNX is exported from this program afterwards
+        assert torch.equal(captured.module()(y), original(y))
+
+
 def test_get_spec_is_what_list_models_lists():
     assert [get_spec(n).name for n in NAMES] == NAMES

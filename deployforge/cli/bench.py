@@ -1,8 +1,9 @@
-"""``deployforge bench``: onnxruntime CPU latency of our deployed ONNX against a baseline."""
+"""``deployforge bench``: onnxruntime CPU latency of our deployed ONNX against its baselines, and the GEMM peak."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,16 @@ import typer
 from rich.table import Table
 
 from deployforge.errors import InvalidSetting
-from deployforge.options import Against, ExportSettings, Target, TimingProtocol, choose, names, parse_counts
+from deployforge.options import (
+    PEAK_GEMM_SIZE,
+    Against,
+    ExportSettings,
+    Target,
+    TimingProtocol,
+    choose,
+    names,
+    parse_counts,
+)
 
 from .common import DEFAULT_OUT, fmt, handles_errors, print_json, progress_status, quiet_converters, stderr, stdout
 
@@ -28,20 +38,32 @@ def bench_command(
     against: Annotated[
         str,
         typer.Option(
-            help=f"Baseline: {names(Against)} (timm: timm's own reparameterized export of the same weights; "
-            "takes model names and exports both into a scratch directory, not --out).",
+            help=f"Baseline: {names(Against)} (timm: timm's reparameterized model exported through timm's own "
+            "onnx_export with the TorchScript exporter and with the dynamo exporter, and our multi-branch "
+            "original, all of the same weights and timed interleaved with ours; takes model names and exports "
+            "everything into a scratch directory, not --out).",
         ),
     ] = Against.MULTI_BRANCH.value,
     runs: Annotated[int, typer.Option(help="Minimum timed runs per model (≥ 1).")] = _DEFAULT.runs,
     warmup_s: Annotated[float, typer.Option(help="Minimum warm-up seconds per model (≥ 0).")] = _DEFAULT.warmup_s,
-    min_time_s: Annotated[float, typer.Option(help="Minimum timed seconds per pair (≥ 0).")] = _DEFAULT.min_time_s,
+    min_time_s: Annotated[float, typer.Option(help="Minimum timed seconds per run (≥ 0).")] = _DEFAULT.min_time_s,
+    peak: Annotated[
+        bool,
+        typer.Option(
+            "--peak",
+            help=f"Measure the machine's FP32 GEMM peak (one {PEAK_GEMM_SIZE}² MatMul in onnxruntime, same session "
+            "options) at each thread count and report GFLOP/s as a share of it. With no model named and no "
+            "export under --out, only the peak is measured. --json then prints {peak: [...], rows: [...]}.",
+        ),
+    ] = False,
     out: Annotated[Path, typer.Option(help="Output root written by export.")] = DEFAULT_OUT,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout.")] = False,
 ) -> None:
-    """Time our deployed ONNX against a baseline, interleaved in one process (onnxruntime, CPU).
+    """Time our deployed ONNX against baselines, interleaved in one process (onnxruntime, CPU).
 
-    The baseline is the multi-branch original by default. Reports p50/p90/p99, the ratio of medians with a
-    bootstrap 95 % interval, params, MACs and GFLOP/s.
+    The baseline is the multi-branch original by default. Every baseline is first checked to compute what
+    ours computes (rel-L2 ≤ 1e-5; exit 1 otherwise). Reports p50/p90/p99, the ratio of medians (baseline /
+    ours) with a bootstrap 95 % interval, params, MACs and GFLOP/s.
     """
     base = TimingProtocol(runs=runs, warmup_s=warmup_s, min_time_s=min_time_s)
     protocols = [dataclasses.replace(base, threads=n) for n in parse_counts(threads, "threads", "thread count")]
@@ -50,21 +72,37 @@ def bench_command(
         raise InvalidSetting("against", "timm is benched on model names (its weights are drawn anew); name models")
     quiet_converters()
     from deployforge import bench
+    from deployforge.workspace import find_model_dirs
 
     for protocol in protocols:
         warning = bench.thread_warning(protocol.threads)
         if warning:
             stderr.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    peak_only = peak and not targets and not find_model_dirs(out)
+    if peak_only:
+        _note(f"no exports under {out}; measuring the FP32 GEMM peak only")
     with tempfile.TemporaryDirectory(prefix="deployforge-bench-") as scratch:
         with progress_status(not as_json) as progress:
-            if baseline is Against.TIMM:
-                rows = _against_timm(targets, Path(scratch), protocols, progress)
+            # every export first, then the peak, then the timings: the peak is measured in the same state
+            if peak_only:
+                timed = []
+            elif baseline is Against.TIMM:
+                timed = _timm_peers(targets or [], Path(scratch), progress)
             else:
-                rows = _against_multi_branch(targets or [], out, Path(scratch), protocols, progress)
+                timed = _export_dirs(targets or [], out, Path(scratch), progress)
+            peaks = []
+            for protocol in protocols if peak else []:
+                progress(f"measuring the FP32 GEMM peak at {protocol.threads} thread(s)")
+                peaks.append(bench.measure_peak(protocol))
+            rows = [row for time_it in timed for row in time_it(protocols, progress, peaks)]
     if as_json:
-        print_json([r.as_dict() for r in rows])
+        results = [r.as_dict() for r in rows]
+        print_json({"peak": [p.as_dict() for p in peaks], "rows": results} if peak else results)
         return
-    stdout.print(_latency_table(rows))
+    if peaks:
+        stdout.print(_peak_table(peaks))
+    if rows:
+        stdout.print(_latency_table(rows, with_peak=bool(peaks)))
     for model in dict.fromkeys(r.model for r in rows):
         size = next(r.size for r in rows if r.model == model)
         stdout.print(
@@ -75,47 +113,68 @@ def bench_command(
         )
 
 
-def _against_multi_branch(targets: list[str], out: Path, scratch: Path, protocols, progress) -> list:
+def _note(line: str) -> None:
+    stderr.print(f"note: {line}", highlight=False, soft_wrap=True)
+
+
+def _export_dirs(targets: list[str], out: Path, scratch: Path, progress) -> list:
+    """One timing closure per export directory (ours against its multi-branch original)."""
     from deployforge.bench import bench_export
     from deployforge.workspace import Scratch, has_onnx_pair, resolve_model_dirs
 
     needs = Scratch(scratch, ExportSettings(target=Target.ONNX), has_onnx_pair)
-    dirs = resolve_model_dirs(
-        targets,
-        out,
-        needs,
-        progress,
-        notify=lambda line: stderr.print(f"note: {line}", highlight=False, soft_wrap=True),
-    )
-    return [row for directory in dirs for row in bench_export(directory, protocols, progress)]
+    dirs = resolve_model_dirs(targets, out, needs, progress, notify=_note)
+    return [functools.partial(bench_export, directory) for directory in dirs]
 
 
-def _against_timm(targets: list[str], scratch: Path, protocols, progress) -> list:
+def _timm_peers(targets: list[str], scratch: Path, progress) -> list:
+    """One timing closure per model (ours against timm's two exports and our multi-branch original)."""
     from deployforge.peers import bench_timm_peer, prepare_timm_peer
     from deployforge.registry import get_spec
 
     specs = [get_spec(name) for name in targets]
     peers = [prepare_timm_peer(spec, scratch / spec.name, progress=progress) for spec in specs]
-    return [row for peer in peers for row in bench_timm_peer(peer, protocols, progress)]
+    return [functools.partial(bench_timm_peer, peer) for peer in peers]
 
 
-def _latency_table(rows) -> Table:
-    table = Table(title="onnxruntime CPU latency (ms), timed interleaved", title_justify="left")
-    for column in ("model", "thr", "graph", "p50", "p90", "p99", "GFLOP/s", "speed-up [95% CI]"):
+def _peak_table(peaks) -> Table:
+    table = Table(title="FP32 GEMM peak, onnxruntime MatMul", title_justify="left")
+    for column in ("thr", "size", "p50 ms", "GFLOP/s"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for peak in peaks:
+        table.add_row(str(peak.threads), f"{peak.size}²", fmt(peak.stats.p50_ms, ".2f"), fmt(peak.gflops, ".1f"))
+    return table
+
+
+def _latency_table(rows, with_peak: bool) -> Table:
+    """Per model and thread count: our deployed graph, then each baseline of the same run with its speed-up."""
+    table = Table(
+        title="onnxruntime CPU latency (ms), timed interleaved; speed-up = baseline p50 / ours p50",
+        title_justify="left",
+    )
+    columns = ["model", "thr", "graph", "p50", "p90", "p99", "GFLOP/s"]
+    columns += ["% peak"] if with_peak else []
+    columns += ["speed-up [95% CI]", "rel-L2"]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("model", "graph") else "right", no_wrap=True)
+
+    def cells(stats) -> list[str]:
+        line = [fmt(stats.p50_ms, ".2f"), fmt(stats.p90_ms, ".2f"), fmt(stats.p99_ms, ".2f"), fmt(stats.gflops, ".1f")]
+        return line + ([fmt(stats.peak_fraction and 100 * stats.peak_fraction, ".1f")] if with_peak else [])
+
+    deployed = None
     for row in rows:
         pair = row.pair
+        if pair.deployed is not deployed:  # a new run: its deployed graph first
+            deployed = pair.deployed
+            table.add_row(row.model, str(pair.threads), "ours (deployed)", *cells(deployed), "", "")
         low, high = pair.speedup_ci
-        for graph, stats in ((row.against.value, pair.baseline), ("deployed", pair.deployed)):
-            first = stats is pair.baseline
-            table.add_row(
-                row.model if first else "",
-                str(pair.threads) if first else "",
-                graph,
-                fmt(stats.p50_ms, ".2f"),
-                fmt(stats.p90_ms, ".2f"),
-                fmt(stats.p99_ms, ".2f"),
-                fmt(stats.gflops, ".1f"),
-                "" if first else f"{pair.speedup:.2f}× [{low:.2f}, {high:.2f}]",
-            )
+        table.add_row(
+            "",
+            "",
+            row.against.value,
+            *cells(pair.baseline),
+            f"{pair.speedup:.2f}× [{low:.2f}, {high:.2f}]",
+            fmt(row.rel_l2, ".1e"),
+        )
     return table

@@ -21,7 +21,7 @@ from deployforge.options import (
     parse_batch,
 )
 
-from .common import DEFAULT_OUT, handles_errors, print_json, progress_status, quiet_converters, stdout
+from .common import DEFAULT_OUT, handles_errors, print_json, progress_status, quiet_converters, stderr, stdout
 
 
 @handles_errors
@@ -57,10 +57,12 @@ def export_command(
     quiet_converters()
     from deployforge import pipeline
 
-    from .render import export_json, size_line, stage_notes, waterfall_table
+    from .render import export_json, runtime_warnings, size_line, stage_notes, waterfall_table
 
     with progress_status(not as_json) as progress:
         report = pipeline.export(spec, settings, out=out, weights=weights, progress=progress)
+    for line in runtime_warnings(report):
+        stderr.print(f"warning: {line}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(export_json(report))
     else:

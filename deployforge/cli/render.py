@@ -9,7 +9,7 @@ from pydantic import TypeAdapter
 from rich.table import Table
 
 from deployforge.measure import SizeReport
-from deployforge.report import CoreMLDetails, Report, StageRecord
+from deployforge.report import CoreMLDetails, OnnxDetails, Report, StageRecord
 
 from .common import fmt
 
@@ -44,18 +44,33 @@ def _notes(row: StageRecord) -> dict[str, Any]:
     shown.pop("kind")
     if isinstance(row.details, CoreMLDetails):
         shown.pop("package")
+    graph = shown.pop("runtime_graph", None)
+    if graph is not None:
+        shown["onnxruntime"] = f"{graph.nodes} nodes, {sum(graph.fused.values())} fused, {graph.reorders} reorders"
     shown["file"], shown["error"] = row.file, row.error
     return {k: getattr(v, "value", v) for k, v in shown.items() if v not in (None, "")}
 
 
 def stage_notes(report: Report) -> list[str]:
-    """One line per stage: what it changed (counts, capture method, converter notes, errors)."""
+    """One line per stage: what it changed (counts, capture method, converter notes, errors) and its wall time."""
     lines = []
     for row in report.stages:
-        shown = _notes(row)
-        if shown:
-            lines.append(f"  {row.stage}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items()))
+        notes = [f"{k.replace('_', ' ')} {v}" for k, v in _notes(row).items()]
+        if row.seconds:
+            notes.append(f"{row.seconds:.2f} s")
+        if notes:
+            lines.append(f"  {row.stage}: " + ", ".join(notes))
     return lines
+
+
+def runtime_warnings(report: Report) -> list[str]:
+    """One line per pattern onnxruntime could not fuse in a deployed graph, naming the file."""
+    return [
+        f"{row.file}: {line}"
+        for row in report.stages
+        if isinstance(row.details, OnnxDetails) and row.details.runtime_graph is not None
+        for line in row.details.runtime_graph.warnings()
+    ]
 
 
 def size_line(size: SizeReport) -> str:

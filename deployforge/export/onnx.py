@@ -1,11 +1,20 @@
-"""ONNX export: dynamic batch, checked by onnx's checker and full shape inference."""
+"""ONNX export: dynamic batch, checked by onnx's checker and full shape inference.
+
+The torch.export path writes activations and norms in the forms onnxruntime's graph fusions match
+(docs/design.md, "Runtime graph audit"): an exact GELU below opset 20 as the chain its GELU fusion turns into
+one kernel, GroupNorm from opset 21 as InstanceNormalization (onnxruntime has no CPU kernel for
+GroupNormalization-21 and runs its function body, some twenty primitive ops per norm). Everything stays standard
+ONNX; opset 17 is written at 18 and rewritten (torch's exporter writes 18 and up).
+"""
 
 from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
@@ -15,6 +24,76 @@ from deployforge.trace import Traced
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 BATCH_DIM = "batch"
+
+TORCHLIB_OPSET = 18  # the lowest opset torch's dynamo exporter writes; lower ones are converted from it
+GELU_OPSET = 20  # the native Gelu op
+GROUP_NORM_OPSET = 21  # GroupNormalization (what torch writes from here on)
+SQRT_2, SQRT_2_OVER_PI = 1.4142135623730951, 0.7978845608028654
+
+
+def _gelu_fusable(self, approximate: str = "none"):
+    """``aten.gelu`` below opset 20, as ``(0.5·x)·(1 + erf(x/√2))``.
+
+    This is pattern 1 of onnxruntime's GeluFusion (``Div(√2) → Erf → Add(1)``, times ``Mul(x, 0.5)``), fused
+    into one ``Gelu`` kernel. torch_lib's ``x·(0.5·(1 + erf(x/√2)))`` matches no pattern; TorchScript's
+    ``(x·(1 + erf(x/√2)))·0.5`` (pattern 2) is missed when ``x`` is itself a ``Mul`` output (an SE gate).
+    The tanh approximation gets the form of onnxruntime's FastGeluFusion (none of the zoo uses it).
+    """
+    from onnxscript import opset18 as op
+
+    half = op.Mul(self, _scalar(0.5, self))
+    if approximate == "tanh":  # FastGeluFusion: Pow(x, 3) → Mul(0.044715) → Add(x) → Mul(√(2/π)) → Tanh → Add(1)
+        cubic = op.Add(op.Mul(op.Pow(self, _scalar(3.0, self)), _scalar(0.044715, self)), self)
+        return op.Mul(half, op.Add(op.Tanh(op.Mul(cubic, _scalar(SQRT_2_OVER_PI, self))), _scalar(1.0, self)))
+    return op.Mul(half, op.Add(op.Erf(op.Div(self, _scalar(SQRT_2, self))), _scalar(1.0, self)))
+
+
+def _group_norm_instance(
+    input, num_groups: int, weight=None, bias=None, eps: float = 1e-05, cudnn_enabled: bool = True
+):
+    """``aten.group_norm`` from opset 21 on, as InstanceNormalization over ``(N, groups, -1)`` and an affine.
+
+    The form torch's exporter writes below opset 21 (and TorchScript's at every opset); onnxruntime runs it
+    with its InstanceNormalization kernel.
+    """
+    import onnx_ir as ir
+    from onnxscript import opset18 as op
+
+    del cudnn_enabled
+    dtype = input.dtype
+    grouped = op.Reshape(input, op.Constant(value_ints=[0, num_groups, -1]))
+    ones = ir.tensor([1.0] * num_groups, dtype=dtype)
+    zeros = ir.tensor([0.0] * num_groups, dtype=dtype)
+    norm = op.Reshape(op.InstanceNormalization(grouped, ones, zeros, epsilon=eps), op.Shape(input))
+    axes = op.Constant(value_ints=list(range(1, len(input.shape) - 1)))  # (C,) -> (C, 1, ..., 1)
+    if weight is not None:
+        norm = op.Mul(norm, op.Unsqueeze(weight, axes))
+    if bias is not None:
+        norm = op.Add(norm, op.Unsqueeze(bias, axes))
+    return norm
+
+
+def _scalar(value: float, like):
+    import onnx_ir as ir
+
+    return ir.tensor(value, dtype=like.dtype)
+
+
+def runtime_translations(opset: int) -> dict[Callable, Callable]:
+    """The ``custom_translation_table`` of the dynamo exporter at ``opset`` (docs/design.md, "Runtime graph audit").
+
+    Args:
+        opset: the opset torch writes (18 or above).
+
+    Returns:
+        aten op -> onnxscript function, only for ops whose default form onnxruntime does not fully optimize.
+    """
+    table = {}
+    if opset < GELU_OPSET:
+        table[torch.ops.aten.gelu.default] = _gelu_fusable
+    if opset >= GROUP_NORM_OPSET:
+        table[torch.ops.aten.group_norm.default] = _group_norm_instance
+    return table
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,18 +117,92 @@ def max_runtime_ir_version() -> int:
     return 7
 
 
+def _convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Rewrite an opset-18 export as opset 17 (the only opset below the exporter's).
+
+    torch's own down-conversion hands onnx's converter a model without its initializers: it fails on the
+    ``axes`` input of ``ReduceMean`` and silently keeps opset 18. onnx's converter, given the whole model,
+    has no adapter for ``Split``. The few ops that changed at 18 are rewritten here: a reduction's constant
+    ``axes`` input becomes the attribute, ``Split``'s ``num_outputs`` becomes the sizes of its outputs.
+
+    Raises:
+        InvalidSetting: an op that changed at opset 18 in a way opset 17 cannot express here.
+    """
+    from onnx import numpy_helper
+
+    from deployforge.errors import InvalidSetting
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dims = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in (*inferred.graph.value_info, *inferred.graph.output)
+    }
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    converted = onnx.ModelProto()
+    converted.CopyFrom(model)
+
+    def refuse(node: onnx.NodeProto) -> InvalidSetting:
+        return InvalidSetting(
+            "opset", f"{node.op_type} ({node.name}) cannot be written at ONNX opset {opset}; export at opset 18"
+        )
+
+    def since(op_type: str, version: int) -> int | None:
+        try:
+            return onnx.defs.get_schema(op_type, version).since_version
+        except onnx.defs.SchemaError:
+            return None
+
+    for node in converted.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if since(node.op_type, opset) == since(node.op_type, TORCHLIB_OPSET):
+            continue
+        attributes = {a.name: a for a in node.attribute}
+        if node.op_type.startswith("Reduce"):  # axes: input -> attribute
+            if "noop_with_empty_axes" in attributes and attributes["noop_with_empty_axes"].i:
+                raise refuse(node)
+            if len(node.input) > 1 and node.input[1]:
+                if node.input[1] not in constants:
+                    raise refuse(node)
+                axes = [int(a) for a in constants[node.input[1]].reshape(-1)]
+                del node.input[1:]
+                node.attribute.append(onnx.helper.make_attribute("axes", axes))
+        elif node.op_type == "Split":  # num_outputs -> the output sizes
+            if len(node.input) < 2 or not node.input[1]:
+                axis = attributes["axis"].i if "axis" in attributes else 0
+                shapes = [dims.get(out) or [] for out in node.output]
+                sizes = [shape[axis] if -len(shape) <= axis < len(shape) else None for shape in shapes]
+                if any(not size for size in sizes):
+                    raise refuse(node)
+                name = f"{node.name or node.output[0]}_split_sizes"
+                converted.graph.initializer.append(numpy_helper.from_array(np.array(sizes, dtype=np.int64), name))
+                node.input.append(name)
+        else:
+            raise refuse(node)
+        kept = [a for a in node.attribute if a.name not in ("noop_with_empty_axes", "num_outputs")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    for entry in converted.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = opset
+    return converted
+
+
 def _to_proto(traced: Traced, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     if traced.capture is Capture.TORCH_EXPORT:
+        written = max(opset, TORCHLIB_OPSET)
         program = torch.onnx.export(
             traced.program,
             (),
             dynamo=True,
-            opset_version=opset,
+            opset_version=written,
+            custom_translation_table=runtime_translations(written),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             verbose=False,
         )
-        return program.model_proto
+        proto = program.model_proto
+        return _convert_down(proto, opset) if opset < written else proto
     buffer = io.BytesIO()
     torch.onnx.export(
         traced.program,
@@ -110,6 +263,9 @@ def export_onnx(
 ) -> onnx.ModelProto:
     """Convert a captured graph to a checked ONNX model (in memory).
 
+    A ``torch.export`` program is written with :func:`runtime_translations` (the activation and norm forms
+    onnxruntime fuses) at ``max(opset, 18)``, then rewritten down to ``opset`` 17 if asked.
+
     Args:
         traced: the output of the trace stage.
         example: the input used to trace (needed by the ``torch.jit.trace`` fallback).
@@ -118,6 +274,9 @@ def export_onnx(
 
     Returns:
         The checked model with shapes inferred.
+
+    Raises:
+        InvalidSetting: opset 17 asked for a graph with an op opset 17 cannot express.
     """
     return finalize(_to_proto(traced, example, opset), batch)
 
