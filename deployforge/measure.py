@@ -16,6 +16,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from .export.onnx import with_batch
+from .reparam import weightless_copy
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,17 @@ def onnx_macs(model: onnx.ModelProto) -> int:
 
 
 def torch_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates per image from ``torch.utils.flop_counter`` (FLOPs / 2) on ``example``."""
+    """Multiply-accumulates per image from ``torch.utils.flop_counter`` (FLOPs / 2) on ``example``'s shape.
+
+    The eval-mode forward runs on a weightless (meta-device) copy of ``model`` with a meta input: the
+    counter's formulas read only shapes, so the count is the one a real forward gives (tests/test_sizes.py
+    checks it against the ONNX graph's count) and nothing is computed. ``model`` is not modified.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    was_training = model.training
     with counter, torch.no_grad():
-        model.eval()(example)
-    model.train(was_training)
+        weightless_copy(model).eval()(example.to("meta"))
     return int(counter.get_total_flops() // 2 // example.shape[0])
 
 

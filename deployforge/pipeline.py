@@ -7,10 +7,12 @@ every stage is within tolerance, so a failed or interrupted run leaves nothing b
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -57,6 +59,8 @@ PARITY_BATCH = 8
 DEFAULT_SEED = 0  # seed of the random weights
 PARITY_SEED = 1  # seed of the parity inputs
 PARITY_DISTRIBUTION = "N(0, 1)"
+# Young-generation threshold of the cyclic garbage collector while a run lasts (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 100_000
 
 Progress = Callable[[str], None]
 
@@ -83,6 +87,24 @@ class StageOutputs:
 
 def _noop(_: str) -> None:
     pass
+
+
+@contextmanager
+def fewer_gc_passes() -> Iterator[None]:
+    """Run the cyclic garbage collector less often while an export or a verification runs; restore it after.
+
+    Capturing and converting graphs allocates millions of short-lived Python objects (FX nodes, fake tensors,
+    ONNX IR), and CPython collects its young generation every 700 net allocations: an export and verify of
+    FastViT-MA36 ran 2,684 collections taking 3.6 s (3.2 s of it full collections); with a young threshold of
+    100,000, 15 collections taking 0.7 s, at the same peak memory (2.8 GB). Nothing is disabled: garbage is
+    still collected, in larger batches. Usable as a decorator.
+    """
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], GC_YOUNG_THRESHOLD), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 def build_original(spec: ModelSpec, weights: Path | None, seed: int = DEFAULT_SEED) -> nn.Module:
@@ -338,6 +360,7 @@ def _coreml_artifact(run: _Run, input_size: int) -> StageRecord:
     return StageRecord(f"coreml-{precision.value}", None, details, file=name, seconds=_since(started))
 
 
+@fewer_gc_passes()
 def export(
     spec: ModelSpec,
     settings: ExportSettings | None = None,

@@ -33,14 +33,27 @@ def reparameterize(model: nn.Module) -> tuple[nn.Module, MergeCount]:
     return merged, _reparameterize_tree(merged)
 
 
+def weightless_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are meta tensors: shapes and dtypes, no storage.
+
+    Nothing is copied but the module tree (``model`` is not modified). It runs on meta inputs, computing
+    shapes only: what counting parameters or MACs needs.
+    """
+    memo: dict[int, object] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
 def reparameterize_structure(model: nn.Module) -> nn.Module:
     """The architecture :func:`reparameterize` makes of ``model``, without its weights (on the meta device).
 
-    Every parameter and buffer is copied as a meta tensor (shape and dtype, no storage) and the merges run on
-    the meta device, so nothing is copied or computed: what it is for is counting the reparameterized model's
-    parameters without a second copy and merge of the whole model. The merges are structural (a block's
-    inference form never depends on its weight values), so shapes and counts equal those of
-    ``reparameterize(model)[0]``; tests/test_sizes.py checks it for every registered model.
+    The merges run on a :func:`weightless_copy` with the meta device as default, so nothing is copied or
+    computed: what it is for is counting the reparameterized model's parameters without a second copy and
+    merge of the whole model. The merges are structural (a block's inference form never depends on its
+    weight values), so shapes and counts equal those of ``reparameterize(model)[0]``; tests/test_sizes.py
+    checks it for every registered model.
 
     Args:
         model: a model, multi-branch or already (partly) reparameterized (not modified).
@@ -48,11 +61,7 @@ def reparameterize_structure(model: nn.Module) -> nn.Module:
     Returns:
         The reparameterized meta-device copy (eval mode); it cannot run on data.
     """
-    memo: dict[int, object] = {}
-    for tensor in (*model.parameters(), *model.buffers()):
-        meta = torch.empty_like(tensor, device="meta")
-        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
-    skeleton = copy.deepcopy(model, memo).eval()
+    skeleton = weightless_copy(model).eval()
     with torch.device("meta"):
         _reparameterize_tree(skeleton)
     return skeleton

@@ -7,7 +7,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from .manifest import Manifest, artifact_digest, read_manifest
-from .pipeline import Progress, build_original, eager_stages, fit_batch, logits, onnx_record, parity_inputs
+from .pipeline import (
+    Progress,
+    build_original,
+    eager_stages,
+    fewer_gc_passes,
+    fit_batch,
+    logits,
+    onnx_record,
+    parity_inputs,
+)
 from .registry import get_spec
 from .report import CoreMLDetails, OnnxDetails, Report, StageRecord, breaches_of
 
@@ -40,6 +49,7 @@ def _check_package(path: Path, manifest: Manifest, exported: StageRecord) -> Sta
     return StageRecord(exported.stage, None, details, path.name, problem, seconds=seconds)
 
 
+@fewer_gc_passes()
 def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Report:
     """Verify one model directory written by ``export``.
 

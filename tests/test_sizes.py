@@ -57,6 +57,19 @@ def test_reparameterized_macs_match_registry(name, stressed_original):
     assert macs == pytest.approx(expected * 1e9, rel=0.01), f"{macs / 1e9:.4f} G vs {expected} G"
 
 
+@pytest.mark.parametrize("name", ["fastvit_t8", "mobileone_s0", "mobilevit_xxs", "mobilevitv2_050"])
+def test_torch_macs_are_those_of_a_real_forward(name, stressed_original, make_inputs):
+    """torch_macs counts on a weightless copy: the count of the same counter over a real forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, example = stressed_original(name), make_inputs(batch=2)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(example)
+    assert torch_macs(model, example) == counter.get_total_flops() // 2 // 2
+    assert all(p.device.type == "cpu" for p in model.parameters()) and not model.training
+
+
 # ------------------------------------------------------------------------------------------------ ONNX
 
 

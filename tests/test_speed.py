@@ -104,3 +104,14 @@ def test_onnx_parity_runs_one_chunk_per_thread(stressed_original, make_inputs):
         assert np.array_equal(pipeline.onnx_logits(dynamic, x), run_onnx(dynamic, x))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_fewer_gc_passes_restores_the_thresholds():
+    import gc
+
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), pipeline.fewer_gc_passes():
+        assert gc.get_threshold()[0] >= pipeline.GC_YOUNG_THRESHOLD
+        assert gc.get_threshold()[1:] == before[1:]
+        raise RuntimeError("a failing stage")
+    assert gc.get_threshold() == before
