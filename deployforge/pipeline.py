@@ -107,6 +107,24 @@ def fewer_gc_passes() -> Iterator[None]:
         gc.set_threshold(*thresholds)
 
 
+def input_size_for(spec: ModelSpec, requested: int | None) -> int:
+    """The input side an export of ``spec`` uses: ``requested``, or the variant's published size if ``None``.
+
+    Raises:
+        InvalidSetting: ``spec`` has a fixed input size (``ModelSpec.fixed_input_size``) and ``requested``
+            is another one.
+    """
+    if requested is None or requested == spec.input_size:
+        return spec.input_size
+    if spec.fixed_input_size:
+        raise InvalidSetting(
+            "input_size",
+            f"{spec.name} takes {spec.input_size}x{spec.input_size} inputs only (its learned tables fix the "
+            f"token grid); got {requested}: leave the input size out or set it to {spec.input_size}",
+        )
+    return requested
+
+
 def build_original(spec: ModelSpec, weights: Path | None, seed: int = DEFAULT_SEED) -> nn.Module:
     """Build the train-time model from the checkpoint at ``weights`` (strict), or from seeded random weights.
 
@@ -381,10 +399,11 @@ def export(
         The report; ``report.ok`` is False (and nothing is written) if any stage breached tolerance.
 
     Raises:
-        DeployforgeError: unreadable or mismatched weights, unwritable output.
+        DeployforgeError: unreadable or mismatched weights, unwritable output, an input size the model
+            does not take.
     """
     settings = settings or ExportSettings()
-    input_size = settings.input_size or spec.input_size
+    input_size = input_size_for(spec, settings.input_size)
     out = Path(out)
     started = time.time()
     progress("build the multi-branch original")

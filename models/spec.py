@@ -54,6 +54,8 @@ class ModelSpec:
         key_map: maps a timm state dict onto ours, or ``None`` when the names agree.
         mean: input normalization mean.
         std: input normalization std.
+        fixed_input_size: the architecture accepts ``input_size`` only (a table learned per token position,
+            such as EfficientFormer's attention bias, fixes the token grid); ``False``: any size works.
     """
 
     name: str
@@ -66,6 +68,7 @@ class ModelSpec:
     key_map: Callable[[Mapping], dict] | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    fixed_input_size: bool = False
 
     def build(self) -> nn.Module:
         """Return a fresh train-time model in eval mode."""

@@ -50,6 +50,17 @@ def make_inputs():
 
 
 @pytest.fixture(scope="session")
+def input_side():
+    """``input_side(name)``: the input side tests use for a registered model: small unless its size is fixed."""
+
+    def side(name: str) -> int:
+        spec = get_spec(name)
+        return spec.input_size if spec.fixed_input_size else SMALL
+
+    return side
+
+
+@pytest.fixture(scope="session")
 def bn_count():
     """Number of BatchNorm modules in a model."""
     return _bn_count

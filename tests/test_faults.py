@@ -229,3 +229,18 @@ def test_fp16_top1_floor_matches_the_design():
     match = re.search(r"FP16 top-1 agreement ≥ ([0-9.]+)", DESIGN.read_text())
     assert match, "docs/design.md states the FP16 top-1 floor"
     assert TOLERANCES.min_top1_fp16 == float(match.group(1)) == 0.95
+
+
+def test_a_fixed_size_model_refuses_another_input_size():
+    from dataclasses import replace
+
+    from deployforge.errors import InvalidSetting
+    from deployforge.pipeline import input_size_for
+
+    free = get_spec("fastvit_t8")
+    fixed = replace(free, fixed_input_size=True)
+    assert input_size_for(free, 64) == 64 and input_size_for(free, None) == free.input_size
+    assert input_size_for(fixed, None) == input_size_for(fixed, fixed.input_size) == fixed.input_size
+    with pytest.raises(InvalidSetting, match=f"takes {fixed.input_size}x{fixed.input_size} inputs only") as error:
+        input_size_for(fixed, 64)
+    assert error.value.setting == "input_size" and "\n" not in str(error.value)

@@ -30,13 +30,13 @@ def test_some_registered_family_has_a_timm_oracle():
 
 
 @pytest.mark.parametrize("name", TIMM_MODELS)
-def test_matches_timm_with_the_same_weights(name, make_inputs, rel_l2):
+def test_matches_timm_with_the_same_weights(name, make_inputs, input_side, rel_l2):
     spec = get_spec(name)
     reference_model = _stressed_timm(spec.timm_name)
     ours = spec.build()
     ours.load_state_dict(_mapped(spec, reference_model.state_dict()), strict=True)
     ours.eval()
-    x = make_inputs(batch=2, seed=5)
+    x = make_inputs(batch=2, size=input_side(name), seed=5)
     with torch.no_grad():
         reference = reference_model(x)
         out = ours(x)

@@ -82,26 +82,26 @@ def _op_counts(model: onnx.ModelProto) -> Counter:
 
 
 @pytest.fixture(scope="module", params=ONNX_MODELS)
-def deployed(request, stressed_original, make_inputs):
-    """``(name, deployed torch model, its ONNX)``: fuse → reparameterize → trace → export at 64 px."""
+def deployed(request, stressed_original, make_inputs, input_side):
+    """``(name, deployed torch model, its ONNX)``: fuse → reparameterize → trace → export at ``input_side``."""
     name = request.param
-    example = make_inputs(batch=2)
+    example = make_inputs(batch=2, size=input_side(name))
     fused, _ = fuse_batchnorm(stressed_original(name), example)
     merged, _ = reparameterize(fused)
     return name, merged, _onnx_of(merged, example)
 
 
-def test_onnx_macs_equal_torch_macs(deployed, make_inputs):
-    _, merged, graph = deployed
-    from_torch = torch_macs(merged, make_inputs(batch=1))
+def test_onnx_macs_equal_torch_macs(deployed, make_inputs, input_side):
+    name, merged, graph = deployed
+    from_torch = torch_macs(merged, make_inputs(batch=1, size=input_side(name)))
     from_onnx = onnx_macs(graph)
     assert from_torch > 0
     assert from_onnx == pytest.approx(from_torch, rel=0.005), f"onnx {from_onnx} vs torch {from_torch}"
 
 
-def test_onnx_matches_the_multi_branch_original(deployed, stressed_original, make_inputs):
+def test_onnx_matches_the_multi_branch_original(deployed, stressed_original, make_inputs, input_side):
     name, _, graph = deployed
-    inputs = make_inputs(batch=3)
+    inputs = make_inputs(batch=3, size=input_side(name))
     with torch.no_grad():
         reference = stressed_original(name)(inputs).numpy()
     outputs = run_onnx(graph.SerializeToString(), inputs.numpy())

@@ -54,9 +54,9 @@ def name(request) -> str:
 
 
 @pytest.fixture(scope="module")
-def stages(name, stressed_original, make_inputs) -> Stages:
+def stages(name, stressed_original, make_inputs, input_side) -> Stages:
     original = copy.deepcopy(stressed_original(name))  # private copy: only the stages touch it
-    inputs = make_inputs(batch=4)
+    inputs = make_inputs(batch=4, size=input_side(name))
     with torch.no_grad():
         reference = original(inputs)
     before = {}
@@ -92,7 +92,7 @@ def test_trace_has_dynamic_batch(stages, make_inputs, rel_l2):
     module = stages.traced.module()
     with torch.no_grad():
         for batch in (1, 3):
-            x = make_inputs(batch=batch, seed=batch)
+            x = make_inputs(batch=batch, size=stages.inputs.shape[-1], seed=batch)
             assert rel_l2(module(x), stages.original(x)) <= TOL
 
 
