@@ -46,8 +46,8 @@ def size_table(specs: list[ModelSpec]) -> str:
         ref = spec.reference
         lines.append(
             f"| {spec.name} | {spec.input_size} | {params:.3f} | {ref.params_m:.3f} | "
-            f"{_figure(ref.published_params_m, 2)} | {params / ref.params_m - 1:+.2%} | {gmacs:.3f} | "
-            f"{ref.gmacs:.3f} | {_figure(ref.published_gmacs, 3)} | {gmacs / ref.gmacs - 1:+.2%} |"
+            f"{_figure(ref.published_params_m, 2)} | {params / ref.params_m - 1:+.2%} | {gmacs:.4f} | "
+            f"{ref.gmacs:.4f} | {_figure(ref.published_gmacs, 3)} | {gmacs / ref.gmacs - 1:+.2%} |"
         )
     return "\n".join(lines)
 

@@ -237,7 +237,10 @@ def eager_stages(
             "reparameterize",
             compare(logits(merged, inputs), reference, tolerance),
             MergeDetails(
-                branches_merged=count.branches, layer_scales_folded=count.layer_scales, norms_folded=count.norms
+                branches_merged=count.branches,
+                layer_scales_folded=count.layer_scales,
+                norms_folded=count.norms,
+                tables_gathered=count.tables,
             ),
             seconds=_since(started),
         )

@@ -42,11 +42,13 @@ class MergeDetails:
         branches_merged: parallel branches merged into single convs.
         layer_scales_folded: layer scales folded into the projection that feeds them.
         norms_folded: BatchNorms folded forward into the linear layer that reads them.
+        tables_gathered: learned tables gathered into constants (EfficientFormer's attention bias).
     """
 
     branches_merged: int
     layer_scales_folded: int
     norms_folded: int
+    tables_gathered: int = 0
     kind: Literal["reparameterize"] = "reparameterize"
 
 

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 LAYER_SCALE_NAMES = ("gamma", "layer_scale")
+# learned tables indexed per token offset; initialized to zero, so a wrong index would go unseen
+BIAS_TABLE_NAMES = ("attention_biases",)
 
 
 @torch.no_grad()
@@ -17,7 +19,8 @@ def stress_weights(model: nn.Module, seed: int = 0) -> nn.Module:
     """Set normalization statistics/affines and layer scales far from init, in place; return ``model``.
 
     Running mean ~N(0, 0.1), running var ~U(0.5, 1), affine weight ~U(0.75, 1.25), bias ~N(0, 0.1)
-    (LayerNorm and GroupNorm affines too); every layer-scale parameter ~U(0.1, 0.6).
+    (LayerNorm and GroupNorm affines too); every layer-scale parameter ~U(0.1, 0.6); learned attention-bias
+    tables ~N(0, 1).
 
     Args:
         model: any model; BatchNorms and parameters named like a layer scale are changed.
@@ -47,4 +50,6 @@ def stress_weights(model: nn.Module, seed: int = 0) -> nn.Module:
     for name, param in model.named_parameters():
         if name.rsplit(".", 1)[-1] in LAYER_SCALE_NAMES:
             draw(param, "uniform", 0.1, 0.6)
+        elif name.rsplit(".", 1)[-1] in BIAS_TABLE_NAMES:
+            draw(param, "normal", 0.0, 1.0)
     return model

@@ -249,6 +249,12 @@ def test_numeric_option_out_of_range(empty_out, flag, value):
     assert listing(empty_out) == []
 
 
+def test_a_fixed_size_model_refuses_another_input_size(empty_out):
+    result = invoke("export", "efficientformer_l1", "--input-size", "64", "--out", empty_out)
+    assert_usage_error(result, "--input-size", "224x224 inputs only", "64")
+    assert listing(empty_out) == []
+
+
 @pytest.mark.parametrize(
     ("flag", "value"),
     [

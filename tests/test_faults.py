@@ -26,6 +26,7 @@ EXACT = 1e-6  # a correct fold in float64 is ~1e-15 off; float32 ~1e-7
 WRONG = 1e-3  # every planted fault below is far above this
 # layer scales by name, independently of the recipe's own list (shrinking that list must fail here)
 LAYER_SCALE_NAMES = ("gamma", "layer_scale")
+BIAS_TABLE_NAMES = ("attention_biases",)
 
 
 def rel_l2(candidate: torch.Tensor, original: torch.Tensor) -> float:
@@ -161,7 +162,7 @@ def test_stress_recipe_moves_every_statistic(name):
     before = {key: value.detach().clone() for key, value in model.state_dict().items()}
     stress_weights(model, seed=0)
 
-    batch_norms = layer_norms = layer_scales = 0
+    batch_norms = layer_norms = layer_scales = bias_tables = 0
     for path, module in model.named_modules():
         prefix = f"{path}." if path else ""
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -184,6 +185,9 @@ def test_stress_recipe_moves_every_statistic(name):
             layer_scales += 1
             assert moved(param, before[key]), f"{key}: layer scale not moved"
             assert bool(((param >= 0.1) & (param <= 0.6)).all()), f"{key}: outside [0.1, 0.6]"
+        elif key.rsplit(".", 1)[-1] in BIAS_TABLE_NAMES:
+            bias_tables += 1
+            assert moved(param, before[key]) and float(param.std()) > 0.5, f"{key}: bias table left near init"
 
     assert batch_norms > 0, "every registered family has BatchNorms"
     family = get_spec(name).family
@@ -191,6 +195,8 @@ def test_stress_recipe_moves_every_statistic(name):
         assert layer_scales > 0
     if family in ("mobilevit", "mobilevitv2"):
         assert layer_norms > 0
+    if family == "efficientformer":
+        assert layer_scales > 0 and bias_tables > 0
 
 
 # --- tolerances pinned against docs/design.md --------------------------------------------------------

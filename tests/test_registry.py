@@ -1,7 +1,10 @@
 """Registry coverage: every registered model is exercised by the parity, oracle and size tests.
 
 Collected in a subprocess (pytest --collect-only) so the check sees exactly what a test run would run:
-a family added later without a timm oracle, or filtered out of a parametrization, fails here.
+a family added later without an oracle, or filtered out of a parametrization, fails here. The oracle is
+timm's implementation where timm has the architecture (tests/test_oracle.py), otherwise at least
+``STRUCTURAL_TESTS`` tests marked ``structural_oracle`` parametrized with the model (besides the size gate,
+which every model has).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ TESTS = Path(__file__).parent
 # test file -> the test functions that must be parametrized over every registered model
 REQUIRED = {
     "test_stages.py": ("test_stage_parity", "test_no_batchnorm_after_fuse_and_reparameterize"),
-    "test_oracle.py": ("test_matches_timm_with_the_same_weights",),
     "test_faults.py": ("test_stress_recipe_moves_every_statistic",),
     "test_sizes.py": (
         "test_reparameterized_params_match_registry",
@@ -34,11 +36,13 @@ REQUIRED = {
 }
 
 
-@pytest.fixture(scope="module")
-def collected() -> set[str]:
-    files = [str(TESTS / name) for name in REQUIRED]
+TIMM_ORACLE = ("test_oracle.py", "test_matches_timm_with_the_same_weights")
+STRUCTURAL_TESTS = 2  # at least: the tokens change the output, one pixel changes the tokens
+
+
+def _collect(*args: str) -> set[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist", *files],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist", *args],
         capture_output=True,
         text=True,
         cwd=TESTS.parent,
@@ -48,21 +52,40 @@ def collected() -> set[str]:
     return {line.strip() for line in result.stdout.splitlines() if "::" in line}
 
 
+@pytest.fixture(scope="module")
+def collected() -> set[str]:
+    return _collect(*(str(TESTS / name) for name in {*REQUIRED, TIMM_ORACLE[0]}))
+
+
+@pytest.fixture(scope="module")
+def structural() -> set[str]:
+    return _collect("-m", "structural_oracle", str(TESTS))
+
+
+def _parametrized_with(node: str, name: str) -> bool:
+    return node.endswith("]") and name in node.rsplit("[", 1)[1][:-1].split("-")
+
+
 @pytest.mark.parametrize("name", [s.name for s in list_models()])
-def test_every_model_is_covered(name, collected):
+def test_every_model_is_covered(name, collected, structural):
+    required = dict(REQUIRED)
+    if get_spec(name).timm_name:
+        required[TIMM_ORACLE[0]] = (TIMM_ORACLE[1],)
     missing = [
         f"{file}::{test}"
-        for file, tests in REQUIRED.items()
+        for file, tests in required.items()
         for test in tests
-        if not any(node.startswith(f"tests/{file}::{test}[") and name in node for node in collected)
+        if not any(node.startswith(f"tests/{file}::{test}[") and _parametrized_with(node, name) for node in collected)
     ]
     assert not missing, f"{name} is not exercised by {missing}"
+    if not get_spec(name).timm_name:
+        oracle = [node for node in structural if _parametrized_with(node, name)]
+        assert len(oracle) >= STRUCTURAL_TESTS, f"{name} has no timm twin and {len(oracle)} structural oracle test(s)"
 
 
-def test_every_spec_has_reference_sizes_and_an_oracle():
+def test_every_spec_has_reference_sizes():
     for spec in list_models():
         assert spec.reference.params_m > 0 and spec.reference.gmacs > 0, spec.name
-        assert spec.timm_name, f"{spec.name} has no external oracle"
 
 
 def test_every_spec_is_one_record_with_a_dataclass_config_and_a_sourced_reference():

@@ -15,11 +15,14 @@ class MergeCount:
         branches: parallel branches merged into a single conv (identity/BN branches included).
         layer_scales: layer scales folded into the projection that feeds them.
         norms: BatchNorms folded forward into the linear layer that reads them.
+        tables: learned tables gathered once into the constant the inference form reads (EfficientFormer's
+            attention bias, indexed by token offset).
     """
 
     branches: int = 0
     layer_scales: int = 0
     norms: int = 0
+    tables: int = 0
 
     def __add__(self, other: MergeCount) -> MergeCount:
         return MergeCount(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
