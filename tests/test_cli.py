@@ -563,3 +563,38 @@ def test_console_script_subprocess(tmp_path):
     )
     assert lazy.returncode == 0, lazy.stderr
     assert lazy.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------- several models at once
+
+
+def test_several_models_export_in_one_command(empty_out):
+    result = invoke("export", "mobileone_s0", "mobilevit_xxs", "--to", "onnx", "--input-size", SIZE, "--out", empty_out)
+    assert result.exit_code == 0, result.output
+    assert listing(empty_out) == ["mobileone_s0", "mobilevit_xxs"]
+    for name in ("mobileone_s0", "mobilevit_xxs"):
+        assert (empty_out / name / "manifest.json").is_file()
+        assert f"wrote {empty_out / name}/" in result.stdout
+
+
+def test_several_models_json_is_a_list_in_order(empty_out):
+    result = invoke(
+        "export", "mobileone_s0", "mobilevit_xxs", "--to", "onnx", "--input-size", SIZE, "--out", empty_out, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [row["model"] for row in rows] == ["mobileone_s0", "mobilevit_xxs"]
+
+
+def test_an_unknown_name_among_several_exports_nothing(empty_out):
+    message = assert_usage_error(invoke("export", "mobileone_s0", "nope", "--out", empty_out), "unknown model 'nope'")
+    assert "did you mean" in message or "deployforge list" in message
+    assert listing(empty_out) == []
+
+
+def test_one_checkpoint_for_several_models_is_refused(empty_out, tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    result = invoke("export", "mobileone_s0", "mobilevit_xxs", "--weights", weights, "--out", empty_out)
+    assert_usage_error(result, "--weights", "one model")
+    assert listing(empty_out) == []
