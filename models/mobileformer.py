@@ -381,19 +381,26 @@ SOURCE = (
     "torch.utils.flop_counter: conv + linear + attention matmuls), ../shared/families/mobileformer.md §5; "
     "published figures from the paper (params; MAdds are the model names, 2-9 % above the measured count)"
 )
+
+
+def _blocks(*rows: tuple[int, int, int]) -> tuple[BlockConfig, ...]:
+    """The Mobile-Former blocks of a variant from its table rows ``(out_chs, stride, expansion)``."""
+    return tuple(BlockConfig(out_chs=c, stride=s, expansion=e) for c, s, e in rows)
+
+
 _mobileformer = partial(
     ModelSpec, family="mobileformer", builder=MobileFormer, input_size=INPUT_SIZE, timm_name=None, key_map=key_map
 )
 # 52M's blocks; 26M has the same ones with grouped 1×1 convs (and shuffles).
-_BLOCKS_52M = (
-    BlockConfig(out_chs=12, stride=1, expansion=3),
-    BlockConfig(out_chs=24, stride=2, expansion=6),
-    BlockConfig(out_chs=24, stride=1, expansion=3),
-    BlockConfig(out_chs=48, stride=2, expansion=6),
-    BlockConfig(out_chs=48, stride=1, expansion=4),
-    BlockConfig(out_chs=64, stride=1, expansion=6),
-    BlockConfig(out_chs=96, stride=2, expansion=6),
-    BlockConfig(out_chs=96, stride=1, expansion=6),
+_BLOCKS_52M = _blocks(
+    (12, 1, 3),
+    (24, 2, 6),
+    (24, 1, 3),
+    (48, 2, 6),
+    (48, 1, 4),
+    (64, 1, 6),
+    (96, 2, 6),
+    (96, 1, 6),
 )
 
 SPECS: tuple[ModelSpec, ...] = (
@@ -432,15 +439,15 @@ SPECS: tuple[ModelSpec, ...] = (
         config=MobileFormerConfig(
             stem_chs=12,
             lite=BlockConfig(out_chs=12, stride=1, expansion=2),
-            blocks=(
-                BlockConfig(out_chs=16, stride=2, expansion=6),
-                BlockConfig(out_chs=32, stride=2, expansion=6),
-                BlockConfig(out_chs=32, stride=1, expansion=3),
-                BlockConfig(out_chs=64, stride=2, expansion=6),
-                BlockConfig(out_chs=64, stride=1, expansion=4),
-                BlockConfig(out_chs=88, stride=1, expansion=6),
-                BlockConfig(out_chs=128, stride=2, expansion=6),
-                BlockConfig(out_chs=128, stride=1, expansion=6),
+            blocks=_blocks(
+                (16, 2, 6),
+                (32, 2, 6),
+                (32, 1, 3),
+                (64, 2, 6),
+                (64, 1, 4),
+                (88, 1, 6),
+                (128, 2, 6),
+                (128, 1, 6),
             ),
             num_tokens=4,
             token_dim=128,
@@ -455,18 +462,18 @@ SPECS: tuple[ModelSpec, ...] = (
         config=MobileFormerConfig(
             stem_chs=12,
             lite=BlockConfig(out_chs=12, stride=1, expansion=2),
-            blocks=(
-                BlockConfig(out_chs=16, stride=2, expansion=6),
-                BlockConfig(out_chs=16, stride=1, expansion=3),
-                BlockConfig(out_chs=32, stride=2, expansion=6),
-                BlockConfig(out_chs=32, stride=1, expansion=3),
-                BlockConfig(out_chs=64, stride=2, expansion=6),
-                BlockConfig(out_chs=64, stride=1, expansion=4),
-                BlockConfig(out_chs=88, stride=1, expansion=6),
-                BlockConfig(out_chs=88, stride=1, expansion=6),
-                BlockConfig(out_chs=128, stride=2, expansion=6),
-                BlockConfig(out_chs=128, stride=1, expansion=6),
-                BlockConfig(out_chs=128, stride=1, expansion=6),
+            blocks=_blocks(
+                (16, 2, 6),
+                (16, 1, 3),
+                (32, 2, 6),
+                (32, 1, 3),
+                (64, 2, 6),
+                (64, 1, 4),
+                (88, 1, 6),
+                (88, 1, 6),
+                (128, 2, 6),
+                (128, 1, 6),
+                (128, 1, 6),
             ),
             num_tokens=6,
             token_dim=192,
@@ -481,18 +488,18 @@ SPECS: tuple[ModelSpec, ...] = (
         config=MobileFormerConfig(
             stem_chs=12,
             lite=BlockConfig(out_chs=12, stride=1, expansion=2),
-            blocks=(
-                BlockConfig(out_chs=20, stride=2, expansion=6),
-                BlockConfig(out_chs=20, stride=1, expansion=3),
-                BlockConfig(out_chs=40, stride=2, expansion=6),
-                BlockConfig(out_chs=40, stride=1, expansion=4),
-                BlockConfig(out_chs=80, stride=2, expansion=6),
-                BlockConfig(out_chs=80, stride=1, expansion=4),
-                BlockConfig(out_chs=112, stride=1, expansion=6),
-                BlockConfig(out_chs=112, stride=1, expansion=6),
-                BlockConfig(out_chs=160, stride=2, expansion=6),
-                BlockConfig(out_chs=160, stride=1, expansion=6),
-                BlockConfig(out_chs=160, stride=1, expansion=6),
+            blocks=_blocks(
+                (20, 2, 6),
+                (20, 1, 3),
+                (40, 2, 6),
+                (40, 1, 4),
+                (80, 2, 6),
+                (80, 1, 4),
+                (112, 1, 6),
+                (112, 1, 6),
+                (160, 2, 6),
+                (160, 1, 6),
+                (160, 1, 6),
             ),
             num_tokens=6,
             token_dim=192,
@@ -507,18 +514,18 @@ SPECS: tuple[ModelSpec, ...] = (
         config=MobileFormerConfig(
             stem_chs=16,
             lite=BlockConfig(out_chs=16, stride=1, expansion=2),
-            blocks=(
-                BlockConfig(out_chs=24, stride=2, expansion=6),
-                BlockConfig(out_chs=24, stride=1, expansion=4),
-                BlockConfig(out_chs=48, stride=2, expansion=6),
-                BlockConfig(out_chs=48, stride=1, expansion=4),
-                BlockConfig(out_chs=96, stride=2, expansion=6),
-                BlockConfig(out_chs=96, stride=1, expansion=4),
-                BlockConfig(out_chs=128, stride=1, expansion=6),
-                BlockConfig(out_chs=128, stride=1, expansion=6),
-                BlockConfig(out_chs=192, stride=2, expansion=6),
-                BlockConfig(out_chs=192, stride=1, expansion=6),
-                BlockConfig(out_chs=192, stride=1, expansion=6),
+            blocks=_blocks(
+                (24, 2, 6),
+                (24, 1, 4),
+                (48, 2, 6),
+                (48, 1, 4),
+                (96, 2, 6),
+                (96, 1, 4),
+                (128, 1, 6),
+                (128, 1, 6),
+                (192, 2, 6),
+                (192, 1, 6),
+                (192, 1, 6),
             ),
             num_tokens=6,
             token_dim=192,
@@ -534,18 +541,18 @@ SPECS: tuple[ModelSpec, ...] = (
         config=MobileFormerConfig(
             stem_chs=24,
             lite=BlockConfig(out_chs=24, stride=1, expansion=2),
-            blocks=(
-                BlockConfig(out_chs=40, stride=2, expansion=6),
-                BlockConfig(out_chs=40, stride=1, expansion=3),
-                BlockConfig(out_chs=72, stride=2, expansion=6),
-                BlockConfig(out_chs=72, stride=1, expansion=3),
-                BlockConfig(out_chs=128, stride=2, expansion=6),
-                BlockConfig(out_chs=128, stride=1, expansion=4),
-                BlockConfig(out_chs=176, stride=1, expansion=6),
-                BlockConfig(out_chs=176, stride=1, expansion=6),
-                BlockConfig(out_chs=240, stride=2, expansion=6),
-                BlockConfig(out_chs=240, stride=1, expansion=6),
-                BlockConfig(out_chs=240, stride=1, expansion=6),
+            blocks=_blocks(
+                (40, 2, 6),
+                (40, 1, 3),
+                (72, 2, 6),
+                (72, 1, 3),
+                (128, 2, 6),
+                (128, 1, 4),
+                (176, 1, 6),
+                (176, 1, 6),
+                (240, 2, 6),
+                (240, 1, 6),
+                (240, 1, 6),
             ),
             num_tokens=6,
             token_dim=192,
