@@ -477,7 +477,7 @@ def measure_model(
         peer = prepare_timm_peer(spec, scratch, opset, progress=say)
         rows = bench_timm_peer(peer, protocols, say, peaks)
     else:  # no timm twin: ours against our multi-branch original only
-        needs = Scratch(scratch, ExportSettings(target=Target.ONNX, opset=opset), has_onnx_pair)
+        needs = Scratch(scratch, ExportSettings(target=Target.ONNX, opset=opset, multibranch=True), has_onnx_pair)
         (directory,) = resolve_model_dirs([spec.name], scratch / "none", needs, say)
         rows = bench_export(directory, protocols, say, peaks)
     when = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"

@@ -32,7 +32,7 @@ class SizeReport:
         reference_gmacs: the variant's reference MACs at its published input size, G.
         params_onnx: weights the deployed ONNX graph computes with (``None`` without an ONNX export).
         macs_onnx: MACs per image of the deployed ONNX graph.
-        params_onnx_multibranch: weights of the multi-branch ONNX graph.
+        params_onnx_multibranch: weights of the multi-branch ONNX graph (``None`` when it was not written).
         macs_onnx_multibranch: MACs per image of the multi-branch ONNX graph.
         onnx_nodes: nodes in the deployed ONNX graph.
         onnx_batchnorm_nodes: BatchNormalization nodes left in the deployed ONNX graph.
@@ -51,14 +51,14 @@ class SizeReport:
     onnx_nodes: int | None = None
     onnx_batchnorm_nodes: int | None = None
 
-    def with_onnx(self, deployed: onnx.ModelProto, multi_branch: onnx.ModelProto) -> SizeReport:
-        """A copy with the figures of the deployed and the multi-branch ONNX graphs filled in."""
+    def with_onnx(self, deployed: onnx.ModelProto, multi_branch: onnx.ModelProto | None) -> SizeReport:
+        """A copy with the figures of the deployed and (when written) the multi-branch ONNX graphs filled in."""
         return dataclasses.replace(
             self,
             params_onnx=onnx_params(deployed),
             macs_onnx=onnx_macs(deployed),
-            params_onnx_multibranch=onnx_params(multi_branch),
-            macs_onnx_multibranch=onnx_macs(multi_branch),
+            params_onnx_multibranch=onnx_params(multi_branch) if multi_branch is not None else None,
+            macs_onnx_multibranch=onnx_macs(multi_branch) if multi_branch is not None else None,
             onnx_nodes=len(deployed.graph.node),
             onnx_batchnorm_nodes=sum(n.op_type == "BatchNormalization" for n in deployed.graph.node),
         )

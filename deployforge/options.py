@@ -146,6 +146,9 @@ class ExportSettings:
         opset: ONNX opset.
         batch: a fixed batch size, or ``None`` for a dynamic batch (Core ML then uses batch 1).
         input_size: square input side, or ``None`` for the variant's published size.
+        multibranch: also export the multi-branch original to ONNX (``MODEL.multibranch.onnx``), the baseline
+            ``bench`` times the deployed graph against; it is not a deployment artifact, so it is written only
+            when asked for (``bench`` asks for it itself when it is missing).
     """
 
     target: Target = Target.ALL
@@ -153,6 +156,7 @@ class ExportSettings:
     opset: int = DEFAULT_OPSET
     batch: int | None = None
     input_size: int | None = None
+    multibranch: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", choose(Target, self.target, "target", "export target"))
@@ -162,6 +166,12 @@ class ExportSettings:
             check_range(self.batch, 1, MAX_BATCH, "batch", "batch size")
         if self.input_size is not None:
             check_range(self.input_size, MIN_INPUT_SIZE, MAX_INPUT_SIZE, "input_size", "input size")
+        if self.multibranch and not self.target.writes_onnx:
+            raise InvalidSetting(
+                "multibranch",
+                f"the multi-branch ONNX needs an ONNX target, and {self.target.value!r} writes no ONNX; "
+                "use --to onnx or --to all with it",
+            )
 
 
 def names(kind: Iterable[enum.Enum]) -> str:

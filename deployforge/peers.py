@@ -155,7 +155,7 @@ def prepare_timm_peer(
     scratch.mkdir(parents=True, exist_ok=True)
     weights = scratch / f"{spec.name}.timm.safetensors"
     save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(weights))
-    settings = ExportSettings(target=Target.ONNX, opset=opset, input_size=input_size)
+    settings = ExportSettings(target=Target.ONNX, opset=opset, input_size=input_size, multibranch=True)
     report = export(spec, settings, out=scratch / "ours", weights=weights, progress=progress)
     if not report.ok:
         raise DeployforgeError(f"{spec.name}: export failed parity ({'; '.join(report.breaches)})")

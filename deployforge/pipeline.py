@@ -328,7 +328,7 @@ class _Run:
     progress: Progress
 
 
-def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], onnx.ModelProto, onnx.ModelProto]:
+def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], onnx.ModelProto, onnx.ModelProto | None]:
     spec, settings, probe = run.spec, run.settings, run.inputs[:2]
     inputs, reference = fit_batch(run.inputs, settings.batch), fit_batch(run.reference, settings.batch)
     run.progress("export ONNX (reparameterized)")
@@ -356,6 +356,8 @@ def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], onnx.ModelProto, onnx
         rows[0] = replace(rows[0], seconds=round(exported - started, 3))
         started = exported
     rows[-1] = replace(rows[-1], seconds=_since(started))
+    if not settings.multibranch:
+        return rows, model, None
 
     run.progress("export ONNX (multi-branch original, for bench)")
     started = time.perf_counter()
@@ -414,7 +416,7 @@ def export(
     _check_writable(out)
     inputs = parity_inputs(input_size)
     reference = logits(original, inputs)
-    outputs, rows = eager_stages(original, inputs, reference, progress, capture_original=settings.target.writes_onnx)
+    outputs, rows = eager_stages(original, inputs, reference, progress, capture_original=settings.multibranch)
 
     with staged(out / spec.name) as stage:
         stage.path.mkdir()
@@ -438,7 +440,7 @@ def export(
             schema=SCHEMA_VERSION,
             model=spec.name,
             family=spec.family,
-            settings=ExportSettings(settings.target, settings.precision, settings.opset, settings.batch, input_size),
+            settings=replace(settings, input_size=input_size),
             input=InputSpec(
                 name=onnx_export.INPUT_NAME,
                 shape=(batch_dim, 3, input_size, input_size),

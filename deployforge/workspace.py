@@ -110,8 +110,8 @@ def _usable(directory: Path, scratch: Scratch | None, progress: Progress, notify
     settings = dataclasses.replace(scratch.settings, opset=used.opset, batch=used.batch, input_size=used.input_size)
     weights = manifest.weights.checkpoint()
     notify(
-        f"{manifest.model}: {directory} has no ONNX pair; building it in a scratch directory from the weights, "
-        "input size and opset its manifest records"
+        f"{manifest.model}: {directory} has no ONNX pair (deployed + multi-branch); building it in a scratch "
+        "directory from the weights, input size and opset its manifest records"
     )
     return _export(get_spec(manifest.model), scratch, settings, weights, progress)
 

@@ -51,9 +51,9 @@ def assert_usage_error(result, *words: str) -> str:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    """Output root holding ``fastvit_t8/`` exported once with ``--to all --input-size 64``."""
+    """Output root holding ``fastvit_t8/`` exported once with ``--to all --multibranch --input-size 64``."""
     out = tmp_path_factory.mktemp("export")
-    result = invoke("export", MODEL, "--to", "all", "--input-size", SIZE, "--out", out)
+    result = invoke("export", MODEL, "--to", "all", "--multibranch", "--input-size", SIZE, "--out", out)
     assert result.exit_code == 0, result.output
     assert f"wrote {out / MODEL}" in result.stdout
     return out
@@ -115,6 +115,21 @@ def test_export_writes_artifacts_and_manifest(exported):
     for name, digest in manifest["artifacts"].items():
         assert len(digest) == 64
         assert artifact_digest(directory / name) == digest
+
+
+def test_the_multi_branch_onnx_is_written_only_when_asked_for(empty_out):
+    result = invoke("export", MODEL, "--to", "onnx", "--input-size", SIZE, "--out", empty_out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert listing(empty_out / MODEL) == sorted([f"{MODEL}.onnx", "manifest.json"])
+    assert "onnx-multibranch" not in [row["stage"] for row in report["stages"]]
+    assert report["size"]["params_onnx"] > 0 and report["size"]["params_onnx_multibranch"] is None
+
+
+def test_the_multi_branch_onnx_needs_an_onnx_target(empty_out):
+    result = invoke("export", MODEL, "--to", "coreml", "--multibranch", "--out", empty_out)
+    assert_usage_error(result, "--multibranch", "needs an ONNX target", "--to onnx")
+    assert listing(empty_out) == []
 
 
 def test_export_records_the_runtime_graph(exported):
@@ -208,7 +223,7 @@ def test_readme_flow_in_an_empty_directory(tmp_path, monkeypatch):
     assert benched.exit_code == 0, benched.output
     (row,) = json.loads(benched.stdout)
     assert row["model"] == MODEL and row["against"] == "multi-branch"
-    assert "no ONNX pair; building it in a scratch directory" in benched.stderr
+    assert "has no ONNX pair (deployed + multi-branch); building it in a scratch directory" in benched.stderr
     # bench exported the ONNX pair it needed into a scratch directory; the user's export is as it was
     assert listing(tmp_path) == ["deployforge-out"]
     assert listing(tmp_path / "deployforge-out" / MODEL) == [f"{MODEL}.mlpackage", "manifest.json"]

@@ -118,9 +118,11 @@ def shift_logits(path: Path, relative: float, seed: int = 0) -> float:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    """``OUT/fastvit_t8`` exported once with ``--to all --input-size 64``."""
+    """``OUT/fastvit_t8`` exported once with ``--to all --multibranch --input-size 64``."""
     out = tmp_path_factory.mktemp("export")
-    result = runner.invoke(app, ["export", MODEL, "--to", "all", "--input-size", SIZE, "--out", str(out)])
+    result = runner.invoke(
+        app, ["export", MODEL, "--to", "all", "--multibranch", "--input-size", SIZE, "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     return out / MODEL
 

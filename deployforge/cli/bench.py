@@ -122,7 +122,7 @@ def _export_dirs(targets: list[str], out: Path, scratch: Path, progress) -> list
     from deployforge.bench import bench_export
     from deployforge.workspace import Scratch, has_onnx_pair, resolve_model_dirs
 
-    needs = Scratch(scratch, ExportSettings(target=Target.ONNX), has_onnx_pair)
+    needs = Scratch(scratch, ExportSettings(target=Target.ONNX, multibranch=True), has_onnx_pair)
     dirs = resolve_model_dirs(targets, out, needs, progress, notify=_note)
     return [functools.partial(bench_export, directory) for directory in dirs]
 

@@ -28,6 +28,7 @@ FLAGS = {
     "opset": "--opset",
     "batch": "--batch",
     "input_size": "--input-size",
+    "multibranch": "--multibranch",
     "weights": "--weights",
     "out": "--out",
     "threads": "--threads",

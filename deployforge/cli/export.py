@@ -54,15 +54,23 @@ def export_command(
         int | None,
         typer.Option(help=f"Square input side, {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} (default: the model's)."),
     ] = None,
+    multibranch: Annotated[
+        bool,
+        typer.Option(
+            "--multibranch",
+            help="Also write MODEL.multibranch.onnx, the original before fusion, the baseline `bench` times "
+            "against (bench builds it itself when it is missing).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Fuse BatchNorm, reparameterize, trace and export each MODEL, proving parity at every stage.
 
-    Writes OUT/MODEL/MODEL.onnx (reparameterized), MODEL.multibranch.onnx (the original, for bench), MODEL.mlpackage
-    and manifest.json. A model whose stages breach a tolerance writes nothing; the others are still exported, and
+    Writes OUT/MODEL/MODEL.onnx (reparameterized), MODEL.mlpackage and manifest.json (with --multibranch, also
+    MODEL.multibranch.onnx). A model whose stages breach a tolerance writes nothing; the others are still exported, and
     the command exits 1.
     """
-    settings = ExportSettings(to, precision, opset, parse_batch(batch), input_size)
+    settings = ExportSettings(to, precision, opset, parse_batch(batch), input_size, multibranch)
     if weights is not None and len(models) > 1:
         raise DeployforgeError("--weights is one checkpoint for one model; export the models one at a time")
     from deployforge.registry import get_spec
