@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
+from .condition import ConditioningReport
 from .errors import DeployforgeError
 from .measure import SizeReport
 from .options import ExportSettings
@@ -79,11 +80,15 @@ class WeightsSource:
         source: the checkpoint's absolute path, or how random weights were drawn.
         sha256: the checkpoint's digest, or ``None`` for seeded random weights.
         seed: the seed of the random weights (and of the stress draws).
+        conditioning: how the random weights were conditioned after the stress draws
+            (:func:`deployforge.condition.condition_weights`); ``None`` for a checkpoint, and in manifests
+            written before conditioning existed (their random weights were not conditioned).
     """
 
     source: str
     sha256: str | None
     seed: int
+    conditioning: ConditioningReport | None = None
 
     def checkpoint(self) -> Path | None:
         """The checkpoint file, checked against its digest; ``None`` for seeded random weights.

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .audit import audit_onnx
-from .errors import InvalidSetting
+from .condition import ConditioningReport, condition_weights
+from .errors import DeployforgeError, InvalidSetting
 from .export import onnx as onnx_export
 from .fuse import FuseReport, fuse_batchnorm
 from .manifest import (
@@ -125,26 +126,68 @@ def input_size_for(spec: ModelSpec, requested: int | None) -> int:
     return requested
 
 
-def build_original(spec: ModelSpec, weights: Path | None, seed: int = DEFAULT_SEED) -> nn.Module:
+def build_original(
+    spec: ModelSpec,
+    weights: Path | None,
+    seed: int = DEFAULT_SEED,
+    condition: bool = True,
+    input_size: int | None = None,
+) -> tuple[nn.Module, ConditioningReport | None]:
     """Build the train-time model from the checkpoint at ``weights`` (strict), or from seeded random weights.
 
     Random weights get BatchNorm statistics and layer scales drawn far from their init values
     (:func:`deployforge.stress.stress_weights`): with identity-like init every fold is trivially exact
-    and the parity waterfall would prove nothing.
+    and the parity waterfall would prove nothing. Then, unless ``condition`` is False, their BatchNorm
+    statistics are re-estimated on calibration images of the side the model will be checked at
+    (:func:`deployforge.condition.condition_weights`), so activations stay in a range float16 can hold.
+    A checkpoint is never conditioned.
+
+    Args:
+        spec: the registered model.
+        weights: a checkpoint, or ``None`` for seeded random weights.
+        seed: seed of the random weights and the stress draws.
+        condition: condition random weights (``False`` rebuilds an export made before conditioning existed).
+        input_size: side of the calibration images (default: the variant's published input size).
+
+    Returns:
+        The model in eval mode, and what conditioning did (``None`` if nothing was conditioned).
     """
     torch.manual_seed(seed)
     model = spec.build()
+    conditioning = None
     if weights is not None:
         load_weights(model, spec, Path(weights))
     else:
         stress_weights(model, seed)
-    return model.eval()
+        if condition:
+            conditioning = condition_weights(model, input_size or spec.input_size, spec.mean, spec.std)
+    return model.eval(), conditioning
 
 
-def weights_source(weights: Path | None, seed: int = DEFAULT_SEED) -> WeightsSource:
-    """Describe where the weights of an export come from."""
+def rebuild_original(spec: ModelSpec, source: WeightsSource) -> nn.Module:
+    """Rebuild the original an export was made from, as its manifest's weights record describes it.
+
+    Raises:
+        DeployforgeError: the checkpoint is gone or changed, or this deployforge conditions random weights
+            otherwise than the export did (another calibration batch, seed or count).
+    """
+    recorded = source.conditioning
+    size = recorded.input_size if recorded is not None else None
+    model, conditioning = build_original(spec, source.checkpoint(), source.seed, recorded is not None, size)
+    if conditioning is not None and replace(conditioning, description=recorded.description) != recorded:
+        raise DeployforgeError(
+            f"{spec.name}: the export conditioned its random weights as '{recorded.description}', this deployforge "
+            "would condition them otherwise; re-run `deployforge export`"
+        )
+    return model
+
+
+def weights_source(
+    weights: Path | None, seed: int = DEFAULT_SEED, conditioning: ConditioningReport | None = None
+) -> WeightsSource:
+    """Describe where the weights of an export come from, and how random weights were conditioned."""
     if weights is None:
-        return WeightsSource(f"random, stressed BN statistics and layer scales (seed {seed})", None, seed)
+        return WeightsSource(f"random, stressed BN statistics and layer scales (seed {seed})", None, seed, conditioning)
     return WeightsSource(str(Path(weights).resolve()), sha256_file(Path(weights)), seed)
 
 
@@ -370,6 +413,7 @@ def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], onnx.ModelProto, onnx
 
 
 def _coreml_artifact(run: _Run, input_size: int) -> StageRecord:
+    from .coreml_parity import coreml_record, parity_batch
     from .export.coreml import describe_package, export_coreml
 
     precision = run.settings.precision
@@ -378,9 +422,11 @@ def _coreml_artifact(run: _Run, input_size: int) -> StageRecord:
     name = f"{run.spec.name}.mlpackage"
     example = parity_inputs(input_size, count=run.settings.batch or 1)
     details = export_coreml(run.stages.reparameterized, example, run.staging / name, precision)
-    package = describe_package(run.staging / name)
-    details = replace(details, package=package)
-    return StageRecord(f"coreml-{precision.value}", None, details, file=name, seconds=_since(started))
+    details = replace(details, package=describe_package(run.staging / name))
+    run.progress(f"run {name} with the Core ML interpreter")
+    images, reference = parity_batch(run.original, input_size, run.spec.mean, run.spec.std)
+    row = coreml_record(run.staging / name, details, images, reference)
+    return replace(row, seconds=_since(started))
 
 
 @fewer_gc_passes()
@@ -412,7 +458,8 @@ def export(
     out = Path(out)
     started = time.time()
     progress("build the multi-branch original")
-    original = build_original(spec, weights)  # bad weights fail before anything is created on disk
+    # bad weights fail before anything is created on disk
+    original, conditioning = build_original(spec, weights, input_size=input_size)
     _check_writable(out)
     inputs = parity_inputs(input_size)
     reference = logits(original, inputs)
@@ -450,7 +497,7 @@ def export(
                 std=tuple(spec.std),
             ),
             output=OutputSpec(name=onnx_export.OUTPUT_NAME, shape=(batch_dim, "classes")),
-            weights=weights_source(weights),
+            weights=weights_source(weights, conditioning=conditioning),
             parity_inputs=ParityInputs(count=PARITY_BATCH, distribution=PARITY_DISTRIBUTION, seed=PARITY_SEED),
             stages=tuple(rows),
             size=size,

@@ -161,7 +161,8 @@ class StageRecord:
         if self.error is not None:
             return f"{self.file or self.stage}: {self.error}"
         if self.parity is not None and not self.parity.ok:
-            return f"{self.stage}: rel-L2 {self.parity.rel_l2:.3g} > {self.parity.tolerance:g}"
+            where = f" ({self.file})" if self.file else ""
+            return f"{self.stage}: {self.parity.failure() or 'parity failed'}{where}"
         return None
 
 

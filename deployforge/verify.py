@@ -1,4 +1,4 @@
-"""Re-prove an export: recompute artifact hashes, re-run the original and every stage, run the ONNX files."""
+"""Re-prove an export: recompute artifact hashes, re-run the original and every stage, run every artifact."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from torch import nn
+
+from .coreml_parity import coreml_record, parity_batch
 from .manifest import Manifest, artifact_digest, read_manifest
 from .pipeline import (
     Progress,
-    build_original,
     eager_stages,
     fewer_gc_passes,
     fit_batch,
     logits,
     onnx_record,
     parity_inputs,
+    rebuild_original,
 )
 from .registry import get_spec
 from .report import CoreMLDetails, OnnxDetails, Report, StageRecord, breaches_of
@@ -41,12 +44,16 @@ def _package_problems(path: Path, manifest: Manifest) -> tuple[object, str | Non
     return package, "; ".join(problems) or None
 
 
-def _check_package(path: Path, manifest: Manifest, exported: StageRecord) -> StageRecord:
+def _check_package(path: Path, manifest: Manifest, exported: StageRecord, original: nn.Module) -> StageRecord:
     started = time.perf_counter()
     package, problem = _package_problems(path, manifest)
     details = replace(exported.details, package=package)
-    seconds = round(time.perf_counter() - started, 3)
-    return StageRecord(exported.stage, None, details, path.name, problem, seconds=seconds)
+    if problem is None:
+        images, reference = parity_batch(original, manifest.input.size, manifest.input.mean, manifest.input.std)
+        row = coreml_record(path, details, images, reference)
+    else:
+        row = StageRecord(exported.stage, None, details, path.name, problem)
+    return replace(row, seconds=round(time.perf_counter() - started, 3))
 
 
 @fewer_gc_passes()
@@ -77,7 +84,7 @@ def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Re
             breaches.append(f"{name}: sha256 differs from the manifest (the file changed after export)")
         hashing[name] = time.perf_counter() - started
     progress(f"{spec.name}: rebuild the original and re-run the stages")
-    original = build_original(spec, manifest.weights.checkpoint(), manifest.weights.seed)
+    original = rebuild_original(spec, manifest.weights)
     inputs = parity_inputs(manifest.input.size, manifest.parity_inputs.count, manifest.parity_inputs.seed)
     reference = logits(original, inputs)
     _, rows = eager_stages(original, inputs, reference, progress)
@@ -96,12 +103,12 @@ def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Re
                 breaches.append(f"{name}: onnxruntime cannot run it ({type(error).__name__})")
                 continue
         elif name.endswith(".mlpackage"):
-            progress(f"{spec.name}: load {name} spec")
+            progress(f"{spec.name}: run {name} with the Core ML interpreter")
             exported = next((r for r in manifest.stages if r.file == name), None)
             if exported is None or not isinstance(exported.details, CoreMLDetails):
                 breaches.append(f"{name}: the manifest records no Core ML stage for it")
                 continue
-            row = _check_package(path, manifest, exported)
+            row = _check_package(path, manifest, exported, original)
         else:
             continue
         rows.append(replace(row, seconds=round(row.seconds + hashing[name], 3)))  # its hash check included

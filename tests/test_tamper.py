@@ -183,6 +183,70 @@ def test_tampered_mlpackage_weights_fail_verify(copy_of):
     assert not any(b.startswith((f"{ONNX}:", f"{MULTIBRANCH}:")) for b in report["breaches"]), report["breaches"]
 
 
+SPEC = Path("Data") / "com.apple.CoreML" / "model.mlmodel"
+WEIGHTS = Path("Data") / "com.apple.CoreML" / "weights" / "weight.bin"
+
+
+def _edit_main_block(package: Path, edit) -> None:
+    """Apply ``edit`` to the main block of the package's program (coremltools' proto classes) and save it."""
+    from coremltools.proto import Model_pb2
+
+    model = Model_pb2.Model()
+    model.ParseFromString((package / SPEC).read_bytes())
+    function = model.mlProgram.functions["main"]
+    edit(function.block_specializations[function.opset])
+    (package / SPEC).write_bytes(model.SerializeToString())
+
+
+def _assert_numbers_fail(directory: Path) -> None:
+    """verify exits 1 on the package's Core ML row, by its numbers (the hash was re-recorded), naming the file."""
+    _rehash(directory, PACKAGE)
+    code, report = verify_json(directory)
+    assert code == 1, report
+    assert not any("sha256" in b for b in report["breaches"]), report["breaches"]
+    (breach,) = report["breaches"]
+    assert breach.startswith("coreml-fp16: ") and PACKAGE in breach, breach
+    row = _stage_of_file(report, PACKAGE)
+    assert row["error"] is not None or row["parity"]["ok"] is False, row
+
+
+def test_scaled_weights_in_the_blob_fail_on_numbers(copy_of):
+    from deployforge.mlprogram.blob import WeightFile
+
+    path = copy_of / PACKAGE / WEIGHTS
+    blob = max(WeightFile(path).blobs.values(), key=lambda b: b.size)
+    data = bytearray(path.read_bytes())
+    start, stop = blob.data_offset, blob.data_offset + blob.size
+    values = np.frombuffer(bytes(data[start:stop]), dtype=blob.dtype) * 1.25  # the file stays well-formed
+    data[start:stop] = values.astype(blob.dtype).tobytes()
+    path.write_bytes(bytes(data))
+    _assert_numbers_fail(copy_of)
+
+
+def test_an_edited_op_fails_on_numbers(copy_of):
+    def add_becomes_sub(block) -> None:
+        first_add = next(op for op in block.operations if op.type == "add")
+        first_add.type = "sub"
+
+    _edit_main_block(copy_of / PACKAGE, add_becomes_sub)
+    _assert_numbers_fail(copy_of)
+
+
+def test_a_changed_constant_fails_on_numbers(copy_of):
+    def shift_the_padding(block) -> None:  # a 3x3 conv's pad constant [1, 1, 1, 1] -> [2, 0, 2, 0]: same shape
+        consts = {op.outputs[0].name: op for op in block.operations if op.type == "const"}
+        for conv in (op for op in block.operations if op.type == "conv"):
+            (binding,) = conv.inputs["pad"].arguments
+            pad = consts[binding.name].attributes["val"].immediateValue.tensor.ints
+            if list(pad.values) == [1, 1, 1, 1]:
+                pad.values[:] = [2, 0, 2, 0]
+                return
+        raise AssertionError("no conv with pad [1, 1, 1, 1]")
+
+    _edit_main_block(copy_of / PACKAGE, shift_the_padding)
+    _assert_numbers_fail(copy_of)
+
+
 def test_corrupt_mlpackage_spec_fails_verify_even_with_its_hash_recorded(copy_of):
     spec = copy_of / PACKAGE / "Data" / "com.apple.CoreML" / "model.mlmodel"
     spec.write_bytes(spec.read_bytes()[: spec.stat().st_size // 3])

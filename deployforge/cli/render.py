@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
+from rich.markup import escape
 from rich.table import Table
 
 from deployforge.measure import SizeReport
 from deployforge.report import CoreMLDetails, OnnxDetails, Report, StageRecord
 
 from .common import fmt
+
+if TYPE_CHECKING:  # deployforge.locate imports torch and onnx; render is imported by commands that may not
+    from deployforge.locate import LocateReport, Location
 
 _ROWS = TypeAdapter(list[StageRecord])
 _SIZE = TypeAdapter(SizeReport)
@@ -100,4 +104,64 @@ def export_json(report: Report) -> dict[str, Any]:
         **report_json(report),
         "size": _SIZE.dump_python(manifest.size, mode="json"),
         "artifacts": manifest.artifacts,
+    }
+
+
+def locate_table(location: Location, title: str) -> Table:
+    """Render one artifact's layer search: module path, rel-L2, max-abs and verdict, the first departure marked."""
+    table = Table(title=title, title_justify="left")
+    for column in ("#", "module", "rel-L2", "max abs", "ok"):
+        table.add_column(column, justify="left" if column in ("module", "ok") else "right", no_wrap=True)
+    first = location.first_departure
+    for index, layer in enumerate(location.layers, 1):
+        verdict = "[green]✓[/]" if layer.ok else "[red]✗[/]"
+        if layer is first:
+            verdict += " [bold red]← first departure[/]"
+        table.add_row(
+            str(index), escape(layer.module or "(logits)"), fmt(layer.rel_l2, ".2e"), fmt(layer.max_abs, ".2e"), verdict
+        )
+    return table
+
+
+def locate_verdict(location: Location) -> str:
+    """One line per artifact: where it first departs, that nothing departs, or why it was not searched."""
+    if location.unavailable is not None:
+        return f"{location.file}: [yellow]not searched[/]: {escape(location.unavailable)}"
+    if location.error is not None:
+        return f"{location.file}: [red]FAILED[/]: {escape(location.error)}"
+    first = location.first_departure
+    if first is None:
+        return (
+            f"{location.file}: [green]nothing departs[/] from the original ({len(location.layers)} layers within "
+            f"rel-L2 {location.tolerance:g})"
+        )
+    return (
+        f"{location.file}: [red]departs first at {escape(first.module or '(logits)')}[/] "
+        f"(rel-L2 {first.rel_l2:.3g} > {location.tolerance:g})"
+    )
+
+
+def locate_json(report: LocateReport) -> dict[str, Any]:
+    """The JSON view of a layer search: per artifact, its layers in execution order and the first departure."""
+    artifacts = []
+    for location in report.locations:
+        first = location.first_departure
+        artifacts.append(
+            {
+                "file": location.file,
+                "stage": location.stage,
+                "tolerance": location.tolerance,
+                "first_departure": first.module if first is not None else None,
+                "unavailable": location.unavailable,
+                "error": location.error,
+                "seconds": location.seconds,
+                "layers": [dataclasses.asdict(layer) for layer in location.layers],
+            }
+        )
+    return {
+        "model": report.model,
+        "directory": str(report.directory),
+        "departs": bool(report.departures),
+        "departures": report.departures,
+        "artifacts": artifacts,
     }
