@@ -237,6 +237,22 @@ def test_fp16_top1_floor_matches_the_design():
     assert TOLERANCES.min_top1_fp16 == float(match.group(1)) == 0.95
 
 
+def test_a_failed_comparison_says_why():
+    import numpy as np
+
+    from deployforge.parity import compare
+
+    original = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    assert compare(original, original, 1e-5, min_top1=0.95).failure() is None
+    assert compare(original * 1.1, original, 1e-5).failure() == "rel-L2 0.1 > 1e-05"
+    first_row_flipped = np.array([[1.0, 3.0, 0.0], [0.0, 2.0, 1.0]])  # rel-L2 0.76 against original
+    flipped = compare(first_row_flipped, original, 1.0, min_top1=0.95)
+    assert not flipped.ok and flipped.failure() == "top-1 agreement 0.5 < 0.95"
+    assert compare(first_row_flipped, original, 1.0).ok  # no top-1 floor asked for: rel-L2 alone decides
+    overflowed = compare(np.full_like(original, np.inf), original, 1e-2)
+    assert not overflowed.ok and "not finite" in overflowed.failure()
+
+
 def test_a_fixed_size_model_refuses_another_input_size():
     from dataclasses import replace
 
