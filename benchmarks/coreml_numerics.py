@@ -2,7 +2,7 @@
 
 For each model, at its published input size: build the original as ``export`` does (stressed, conditioned random
 weights), fuse and reparameterize, convert to Core ML at FP32 and at FP16, then run each package with
-``deployforge.mlprogram`` on the Core ML parity batch (``deployforge.coreml_parity.parity_batch``) and compare with
+``deployforge.mlprogram`` on the Core ML parity batch (``deployforge.artifact_parity.parity_batch``) and compare with
 the original. The run time is the interpreter's alone (load + run): one image (best of ``--repeats``) and the
 parity batch.
 
@@ -17,16 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from deployforge.coreml_parity import PARITY_IMAGES, package_logits, parity_batch
-from deployforge.export.coreml import export_coreml
+from deployforge.artifact_parity import PARITY_IMAGES, package_logits, parity_batch
 from deployforge.fuse import fuse_batchnorm
 from deployforge.options import Precision
 from deployforge.parity import TOLERANCES, compare
 from deployforge.pipeline import build_original, parity_inputs
 from deployforge.registry import get_spec, list_models
 from deployforge.reparam import reparameterize
+from deployforge.targets.coreml import export_coreml
 
 HEADER = (
     "| model | input | FP32 rel-L2 | FP32 top-1 | FP16 rel-L2 | FP16 top-1 | interpreter, 1 image FP32 / FP16 (s) "
@@ -34,11 +34,11 @@ HEADER = (
 )
 
 
-def _time_one(path: Path, image: torch.Tensor, repeats: int) -> float:
+def _time_one(path: Path, image: np.ndarray, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        package_logits(path, image.numpy())
+        package_logits(path, image)
         best = min(best, time.perf_counter() - started)
     return best
 
@@ -57,12 +57,12 @@ def measure(name: str, repeats: int, scratch: Path) -> str:
         export_coreml(merged, parity_inputs(side, 1), path, precision)
         stage = f"coreml-{precision.value}"
         started = time.perf_counter()
-        outputs = package_logits(path, images.numpy())
+        outputs = package_logits(path, images.inputs)
         batch.append(time.perf_counter() - started)
         parity = compare(outputs, reference, TOLERANCES.for_stage(stage), TOLERANCES.min_top1_for_stage(stage))
         mark = "" if parity.ok else " ✗"
         cells += [f"{parity.rel_l2:.2e}{mark}", f"{parity.top1:.3f}"]
-        one.append(_time_one(path, images[:1], repeats))
+        one.append(_time_one(path, images.inputs[:1], repeats))
     return f"| {name} | {side} | {' | '.join(cells)} | {one[0]:.2f} / {one[1]:.2f} | {batch[0]:.1f} / {batch[1]:.1f} |"
 
 

@@ -5,7 +5,7 @@ A thin layer over the library calls ``deployforge bench --against timm --peak`` 
 from that state dict and timm's reparameterized model through timm's own ``onnx_export`` (TorchScript, timm's
 default, and dynamo), and checks that every baseline computes what ours computes (rel-L2 ≤ 1e-5 on the parity
 batch); ``deployforge.peers.bench_timm_peer`` then times all four graphs interleaved in one process, once per
-thread count (docs/design.md, "Latency protocol"). ``deployforge.bench.measure_peak`` measures the FP32 GEMM
+thread count (docs/design.md, "Latency protocol"). ``deployforge.benchmark.measure_peak`` measures the FP32 GEMM
 peak once per thread count at the start of the run. This script only writes the rows:
 
     OUT/zoo.csv                 one row per model and thread count, every figure at full precision
@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from deployforge.bench import BenchRow, Peak, available_cores, bench_export, measure_peak, thread_warning
+from deployforge.benchmark import BenchRow, Peak, available_cores, bench_export, measure_peak, thread_warning
 from deployforge.errors import DeployforgeError
 from deployforge.manifest import tool_versions
 from deployforge.options import DEFAULT_OPSET, Baseline, ExportSettings, Target, TimingProtocol, parse_counts

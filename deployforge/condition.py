@@ -23,6 +23,8 @@ from torch import nn
 
 from deployforge.models.blocks import SqueezeExcite
 
+from .report import ConditioningReport
+
 CALIBRATION_BATCH = 8
 CALIBRATION_SEED = 2  # apart from the weights' seed (0) and the parity inputs' (1)
 # Smallest channel variance, as a fraction of its BatchNorm's median: gain at most 10x the layer's typical one.
@@ -36,36 +38,6 @@ GATE_SPREAD = 1e-3
 LOW_PASS = 0.42
 _DISCS = 3  # hard-edged discs per image: occlusion edges
 _CHROMA = 0.35  # amplitude of the per-channel field against the shared luminance field
-
-
-@dataclass(frozen=True)
-class ConditioningReport:
-    """What :func:`condition_weights` did to a model (recorded in the manifest as it is).
-
-    Attributes:
-        description: one line for people.
-        batchnorms: BatchNorms whose running statistics were re-estimated (0: the model was left unchanged).
-        batch: images in the calibration batch.
-        input_size: side of the calibration images.
-        seed: seed of the calibration images.
-        gates: squeeze-excite gates whose logits were narrowed to :data:`GATE_SPREAD`.
-        low_pass: weight of the mean component added to every spatial kernel (:data:`LOW_PASS`).
-        kernels: convolutions whose spatial kernels were given that mean component.
-    """
-
-    description: str
-    batchnorms: int
-    batch: int
-    input_size: int
-    seed: int
-    gates: int = 0
-    low_pass: float = 0.0
-    kernels: int = 0
-
-    @property
-    def changed(self) -> bool:
-        """Whether any statistic was re-estimated."""
-        return self.batchnorms > 0
 
 
 def _report(
@@ -121,6 +93,21 @@ def calibration_images(
         std: per-channel normalization std.
         seed: generator seed.
     """
+    image = _images01(count, size, seed)
+    return (image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def calibration_pixels(count: int, size: int, seed: int = CALIBRATION_SEED) -> torch.Tensor:
+    """The images of :func:`calibration_images` before normalization, as 8-bit pixels: ``uint8 (count, 3, S, S)``.
+
+    Stored as a photo is, they can be written beside an export compactly and normalized again, bit for bit, by
+    :func:`deployforge.golden.normalize` on a machine without torch.
+    """
+    return (_images01(count, size, seed) * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def _images01(count: int, size: int, seed: int) -> torch.Tensor:
+    """The smooth random images of :func:`calibration_images`, scaled to [0, 1]."""
     generator = torch.Generator().manual_seed(seed)
     image = _octave_noise(count, 1, size, generator) + _CHROMA * _octave_noise(count, 3, size, generator)
     axis = torch.linspace(-1.0, 1.0, size)
@@ -137,8 +124,7 @@ def calibration_images(
     low = image.amin(dim=(1, 2, 3), keepdim=True)
     span = image.amax(dim=(1, 2, 3), keepdim=True) - low
     floor, ceiling = _unit(count, generator, 0.0, 0.25), _unit(count, generator, 0.75, 1.0)
-    image = floor + (image - low) / span * (ceiling - floor)
-    return (image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return floor + (image - low) / span * (ceiling - floor)
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -23,3 +23,19 @@ class InvalidSetting(DeployforgeError):
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(message)
         self.setting = setting
+
+
+class StageFailed(DeployforgeError):
+    """A pipeline stage raised: the model cannot be fused, merged, traced or converted. The CLI exits 1.
+
+    Attributes:
+        stage: the stage that failed (``build``, ``fuse``, ``reparameterize``, ``trace``, ``onnx``, ``coreml``).
+    """
+
+    exit_code = 1
+
+    def __init__(self, model: str, stage: str, error: BaseException) -> None:
+        text = str(error).strip()
+        first = text.splitlines()[0][:200] if text else ""
+        super().__init__(f"{model}: the {stage} stage failed ({type(error).__name__}{': ' + first if first else ''})")
+        self.stage = stage

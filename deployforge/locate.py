@@ -46,13 +46,15 @@ import onnx
 import torch
 from torch import nn
 
+from .artifact_parity import fit_batch
 from .errors import DeployforgeError
 from .fuse import fuse_batchnorm
+from .golden import read_golden
 from .manifest import Manifest, read_manifest
 from .options import Capture
 from .parity import TOLERANCES
-from .pipeline import Progress, fit_batch, parity_inputs, rebuild_original
-from .registry import get_spec
+from .pipeline import Progress, rebuild_original
+from .registry import rebuildable_spec
 from .reparam import reparameterize
 
 # The rel-L2 under which a module's output in the model an artifact was converted from is "the same value" as
@@ -392,7 +394,7 @@ def onnx_module_outputs(path: Path, inputs: np.ndarray, source: nn.Module | None
 
 def _exported_scopes(model: onnx.ModelProto, source: nn.Module, inputs: np.ndarray) -> dict[str, tuple[str, ...]]:
     """Value name → module paths of its node, in a fresh export of ``source`` at ``model``'s opset and batch."""
-    from .export import onnx as onnx_export
+    from .targets import onnx as onnx_export
     from .trace import trace
 
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -407,7 +409,7 @@ def coreml_module_outputs(path: Path, inputs: np.ndarray, source: nn.Module) -> 
 
     The package records no module paths. coremltools' ``torch.export`` frontend names each MIL value after
     the FX node it converts (``conv2d_3``; ``conv2d_3_cast_fp16`` in an FP16 program), so ``source`` is
-    captured again the way :func:`deployforge.export.coreml.export_coreml` captured it, and the FX node that
+    captured again the way :func:`deployforge.targets.coreml.export_coreml` captured it, and the FX node that
     is each module's output (:func:`fx_module_values`) names the MIL value to read. A value the converter's
     passes fused away or renamed is left out; the whole model's output is the program's output.
 
@@ -478,7 +480,7 @@ def locate_directory(directory: Path, progress: Progress = lambda _: None) -> Lo
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
-    spec = get_spec(manifest.model)
+    spec = rebuildable_spec(manifest.model, manifest.origin, manifest.output.classes)
     found = [
         (name, candidate)
         for name in manifest.artifacts
@@ -488,8 +490,8 @@ def locate_directory(directory: Path, progress: Progress = lambda _: None) -> Lo
         raise DeployforgeError(f"no ONNX or Core ML artifact in {directory}; re-run `deployforge export`")
     progress(f"{spec.name}: rebuild the original and record every module's output")
     original = rebuild_original(spec, manifest.weights)  # as verify rebuilds it
-    parity = parity_inputs(manifest.input.size, manifest.parity_inputs.count, manifest.parity_inputs.seed)
-    inputs = fit_batch(parity[:LOCATE_IMAGES], manifest.input.fixed_batch)
+    parity = read_golden(directory, manifest.input.mean, manifest.input.std).batch.inputs  # what export compared
+    inputs = torch.from_numpy(fit_batch(parity[:LOCATE_IMAGES], manifest.input.fixed_batch))
     reference = name_once(module_outputs(original, inputs), original)
     sources = {True: (original, list(reference))}  # from_original -> (source model, comparable paths)
     if not all(candidate.from_original for _, candidate in found):

@@ -15,16 +15,17 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from .condition import ConditioningReport
 from .errors import DeployforgeError
 from .measure import SizeReport
 from .options import ExportSettings
-from .report import StageRecord
+from .photos import Photo
+from .report import ConditioningReport, StageRecord
 from .staging import staged
 
 MANIFEST = "manifest.json"
-# 1: the unversioned dict of deployforge 0.1.0 (no ``schema`` field); 2: this dataclass.
-SCHEMA_VERSION = 2
+# 1: the unversioned dict of deployforge 0.1.0 (no ``schema`` field); 2: this dataclass without golden vectors;
+# 3: with reference.npz (golden vectors), the class count and the model's origin.
+SCHEMA_VERSION = 3
 _TOOLS = ("deployforge", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnxsim", "coremltools", "numpy")
 
 
@@ -66,10 +67,18 @@ class OutputSpec:
     Attributes:
         name: output name in every artifact.
         shape: ``(batch, classes)``.
+        classes_source: where the class count comes from: ``architecture``, ``stated`` (``num_classes``), or
+            ``checkpoint's KEY SHAPE`` for a fine-tuned checkpoint's classifier.
     """
 
     name: str
-    shape: tuple[int | str, int | str]
+    shape: tuple[int | str, int]
+    classes_source: str = "architecture"
+
+    @property
+    def classes(self) -> int:
+        """The number of classes the model outputs."""
+        return self.shape[1]
 
 
 @dataclass(frozen=True)
@@ -112,13 +121,15 @@ class ParityInputs:
 
     Attributes:
         count: images in the batch.
-        distribution: how the values were drawn.
-        seed: the generator's seed.
+        distribution: how the values were drawn, or the photos' preprocessing (``export --images``).
+        seed: the generator's seed (unused with photos).
+        photos: the photos used, in order, by file name and sha256 (empty for drawn inputs).
     """
 
     count: int
     distribution: str
     seed: int
+    photos: tuple[Photo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,8 @@ class Manifest:
         tools: versions of the tools that shaped the artifacts.
         artifacts: file name → sha256 (of a directory: of its sorted file digests).
         seconds: wall time of the export.
+        origin: where the architecture comes from: ``registry``, ``timm`` or ``module`` (a module handed to the
+            Python API: it cannot be rebuilt, so only the artifacts are checked, against the golden vectors).
     """
 
     schema: int
@@ -154,6 +167,7 @@ class Manifest:
     tools: dict[str, str]
     artifacts: dict[str, str]
     seconds: float
+    origin: str = "registry"
 
     def write(self, directory: Path) -> Path:
         """Write the manifest as ``directory/manifest.json`` (atomically) and return its path."""

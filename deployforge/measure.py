@@ -9,14 +9,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import onnx
-import torch
 from onnx import numpy_helper
-from torch import nn
 
-from .export.onnx import with_batch
-from .reparam import weightless_copy
+from .targets.onnx import with_batch
+
+if TYPE_CHECKING:  # torch loads where torch models are counted: verify reads SizeReport without it
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,8 @@ class SizeReport:
         params_reparameterized: parameters after reparameterizing alone (BatchNorm affines still counted).
         params_deployed_torch: parameters of the fused and reparameterized torch model.
         macs_torch: MACs per image of the deployed torch model (``torch.utils.flop_counter``).
-        reference_params_m: the variant's reference parameter count, millions.
-        reference_gmacs: the variant's reference MACs at its published input size, G.
+        reference_params_m: the variant's reference parameter count, millions (``None`` outside the registry).
+        reference_gmacs: the variant's reference MACs at its published input size, G (``None`` outside the registry).
         params_onnx: weights the deployed ONNX graph computes with (``None`` without an ONNX export).
         macs_onnx: MACs per image of the deployed ONNX graph.
         params_onnx_multibranch: weights of the multi-branch ONNX graph (``None`` when it was not written).
@@ -42,8 +44,8 @@ class SizeReport:
     params_reparameterized: int
     params_deployed_torch: int
     macs_torch: int
-    reference_params_m: float
-    reference_gmacs: float
+    reference_params_m: float | None
+    reference_gmacs: float | None
     params_onnx: int | None = None
     macs_onnx: int | None = None
     params_onnx_multibranch: int | None = None
@@ -140,7 +142,10 @@ def torch_macs(model: nn.Module, example: torch.Tensor) -> int:
     counter's formulas read only shapes, so the count is the one a real forward gives (tests/test_sizes.py
     checks it against the ONNX graph's count) and nothing is computed. ``model`` is not modified.
     """
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    from .reparam import weightless_copy
 
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

@@ -19,6 +19,7 @@ MIN_OPSET, MAX_OPSET = 17, 25
 MAX_BATCH = 1024  # upper bound of the dynamic batch dimension
 # Five stride-2 stages take a 32 px input down to 1×1; below that the feature maps vanish.
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 2048
+MAX_CLASSES = 100_000  # classifier outputs; more is a mistake (a shape mixed up), not a model
 # Upper bounds of the timing protocol: beyond these a run is a mistake, not a measurement.
 MAX_THREADS, MAX_RUNS, MAX_SECONDS = 256, 100_000, 3600.0
 # The FP32 GEMM peak is timed on one square MatMul of this side (docs/design.md, "Latency protocol").

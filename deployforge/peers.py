@@ -5,7 +5,7 @@ loads that very state dict (through the family's key map). timm's reparameterize
 timm's own ``onnx_export``, once with the TorchScript exporter (timm's default, what a timm user gets) and
 once with the torch.export-based (dynamo) exporter. Those two graphs and our multi-branch original are each
 checked to compute what our deployed graph computes (rel-L2 on the parity batch) before anything is timed,
-then all four are timed interleaved in one run (:func:`deployforge.bench.bench_rows`).
+then all four are timed interleaved in one run (:func:`deployforge.benchmark.bench_rows`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 import onnx
 import torch
 
-from .bench import BaselineGraph, BenchRow, Peak, bench_rows, check_baselines, onnx_pair
+from .benchmark import BaselineGraph, BenchRow, Peak, bench_rows, check_baselines, onnx_pair
 from .errors import DeployforgeError
-from .export.onnx import INPUT_NAME, OUTPUT_NAME
 from .measure import onnx_macs
 from .options import DEFAULT_OPSET, Against, Baseline, ExportSettings, Target, TimingProtocol
 from .pipeline import DEFAULT_SEED, export, parity_inputs
 from .registry import ModelSpec
 from .stress import stress_weights
+from .targets.onnx import INPUT_NAME, OUTPUT_NAME
 
 
 def _timm_model(spec: ModelSpec) -> torch.nn.Module:
@@ -183,7 +183,7 @@ def bench_timm_peer(
         peer: the exports, from :func:`prepare_timm_peer`.
         protocols: one timing run per protocol (thread count).
         progress: called as each timing starts.
-        peaks: FP32 GEMM peaks measured in this run (:func:`deployforge.bench.measure_peak`).
+        peaks: FP32 GEMM peaks measured in this run (:func:`deployforge.benchmark.measure_peak`).
 
     Returns:
         Three rows per protocol (``timm``, ``timm-dynamo``, ``multi-branch``), all from the same run; ``rel_l2``

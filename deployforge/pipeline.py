@@ -7,7 +7,6 @@ every stage is within tolerance, so a failed or interrupted run leaves nothing b
 
 from __future__ import annotations
 
-import gc
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,11 +20,13 @@ import onnx
 import torch
 from torch import nn
 
+from .artifact_parity import fit_batch, onnx_record
 from .audit import audit_onnx
-from .condition import ConditioningReport, condition_weights
-from .errors import DeployforgeError, InvalidSetting
-from .export import onnx as onnx_export
+from .condition import condition_weights
+from .errors import DeployforgeError, InvalidSetting, StageFailed
 from .fuse import FuseReport, fuse_batchnorm
+from .gc_tuning import fewer_gc_passes
+from .golden import GOLDEN, Batch, Golden
 from .manifest import (
     SCHEMA_VERSION,
     InputSpec,
@@ -38,12 +39,14 @@ from .manifest import (
     tool_versions,
 )
 from .measure import SizeReport, torch_macs, torch_params
-from .options import Capture, ExportSettings
+from .options import MAX_CLASSES, Capture, ExportSettings, check_range
 from .parity import TOLERANCES, compare
-from .registry import ModelSpec
+from .photos import Preprocessing, load_photos
+from .registry import DEFAULT_CLASSES, ModelSpec
 from .reparam import reparameterize, reparameterize_structure
 from .report import (
     CaptureDetails,
+    ConditioningReport,
     FuseDetails,
     MergeDetails,
     OnnxDetails,
@@ -53,15 +56,14 @@ from .report import (
 )
 from .staging import staged
 from .stress import stress_weights
+from .targets import onnx as onnx_export
 from .trace import Traced, trace
-from .weights import load_weights
+from .weights import checkpoint_classes, load_weights, mapped_state_dict
 
 PARITY_BATCH = 8
 DEFAULT_SEED = 0  # seed of the random weights
 PARITY_SEED = 1  # seed of the parity inputs
 PARITY_DISTRIBUTION = "N(0, 1)"
-# Young-generation threshold of the cyclic garbage collector while a run lasts (CPython's default is 700).
-GC_YOUNG_THRESHOLD = 100_000
 
 Progress = Callable[[str], None]
 
@@ -91,21 +93,17 @@ def _noop(_: str) -> None:
 
 
 @contextmanager
-def fewer_gc_passes() -> Iterator[None]:
-    """Run the cyclic garbage collector less often while an export or a verification runs; restore it after.
+def failing_stage(name: str, model: str) -> Iterator[None]:
+    """Turn any failure inside a stage into :class:`StageFailed` naming the stage (a one-line error, exit 1).
 
-    Capturing and converting graphs allocates millions of short-lived Python objects (FX nodes, fake tensors,
-    ONNX IR), and CPython collects its young generation every 700 net allocations: an export and verify of
-    FastViT-MA36 ran 2,684 collections taking 3.6 s (3.2 s of it full collections); with a young threshold of
-    100,000, 15 collections taking 0.7 s, at the same peak memory (2.8 GB). Nothing is disabled: garbage is
-    still collected, in larger batches. Usable as a decorator.
+    deployforge's own errors (bad settings, a strict load) pass through as they are.
     """
-    thresholds = gc.get_threshold()
-    gc.set_threshold(max(thresholds[0], GC_YOUNG_THRESHOLD), *thresholds[1:])
     try:
         yield
-    finally:
-        gc.set_threshold(*thresholds)
+    except DeployforgeError:
+        raise
+    except Exception as error:
+        raise StageFailed(model, name, error) from error
 
 
 def input_size_for(spec: ModelSpec, requested: int | None) -> int:
@@ -126,12 +124,59 @@ def input_size_for(spec: ModelSpec, requested: int | None) -> int:
     return requested
 
 
+def fit_classes(
+    spec: ModelSpec, weights: Path | None, num_classes: int | None = None
+) -> tuple[ModelSpec, str, dict[str, torch.Tensor] | None]:
+    """The spec with the class count the export uses, where that count comes from, and the checkpoint read.
+
+    A checkpoint whose classifier was trained for another number of classes (a fine-tuned model) sets the count,
+    read from the classifier's shapes (:func:`deployforge.weights.checkpoint_classes`); ``num_classes`` states it
+    (and must then agree with the checkpoint's). Any other mismatch is left to the strict load, which lists the keys.
+
+    Args:
+        spec: the model.
+        weights: a checkpoint, or ``None`` for random weights.
+        num_classes: the class count, if stated.
+
+    Returns:
+        ``(spec, source, state)``: the spec built with that count, a line saying where the count comes from
+        (``architecture``, ``stated`` or ``checkpoint's KEY SHAPE``), and the checkpoint's
+        key-mapped state dict (``None`` without a checkpoint).
+
+    Raises:
+        InvalidSetting: ``num_classes`` out of range or not what the checkpoint's classifier holds; an unreadable
+            checkpoint.
+    """
+    if num_classes is not None:
+        check_range(num_classes, 1, MAX_CLASSES, "num_classes", "class count")
+    stated = "stated"
+    if weights is None or spec.origin == "module":
+        if num_classes is None or spec.origin == "module":
+            return spec, "architecture", None
+        return replace(spec, num_classes=num_classes), stated, None
+    state = mapped_state_dict(spec, Path(weights))
+    found = checkpoint_classes(spec, state)
+    if found is None:
+        fitted = spec if num_classes is None else replace(spec, num_classes=num_classes)
+        return fitted, "architecture" if num_classes is None else stated, state
+    count, evidence = found
+    if num_classes is not None and num_classes != count:
+        raise InvalidSetting(
+            "num_classes",
+            f"the checkpoint's classifier has {count} classes ({evidence}), not {num_classes}; "
+            f"drop the class count or set it to {count}",
+        )
+    source = "architecture" if count == DEFAULT_CLASSES else f"checkpoint's {evidence}"
+    return replace(spec, num_classes=count), source, state
+
+
 def build_original(
     spec: ModelSpec,
     weights: Path | None,
     seed: int = DEFAULT_SEED,
     condition: bool = True,
     input_size: int | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, ConditioningReport | None]:
     """Build the train-time model from the checkpoint at ``weights`` (strict), or from seeded random weights.
 
@@ -148,15 +193,20 @@ def build_original(
         seed: seed of the random weights and the stress draws.
         condition: condition random weights (``False`` rebuilds an export made before conditioning existed).
         input_size: side of the calibration images (default: the variant's published input size).
+        state: the checkpoint's key-mapped state dict, when already read (:func:`fit_classes`).
 
     Returns:
-        The model in eval mode, and what conditioning did (``None`` if nothing was conditioned).
+        The model in eval mode, and what conditioning did (``None`` if nothing was conditioned). A module handed
+        to the Python API (``spec.origin == "module"``) is copied with its own weights, neither stressed nor
+        conditioned.
     """
     torch.manual_seed(seed)
     model = spec.build()
     conditioning = None
-    if weights is not None:
-        load_weights(model, spec, Path(weights))
+    if spec.origin == "module":
+        pass
+    elif weights is not None:
+        load_weights(model, spec, Path(weights), state)
     else:
         stress_weights(model, seed)
         if condition:
@@ -191,19 +241,13 @@ def weights_source(
     return WeightsSource(str(Path(weights).resolve()), sha256_file(Path(weights)), seed)
 
 
+OWN_WEIGHTS = WeightsSource("the module's own weights, as handed to deployforge.export", None, DEFAULT_SEED)
+
+
 def parity_inputs(input_size: int, count: int = PARITY_BATCH, seed: int = PARITY_SEED) -> torch.Tensor:
     """A reproducible batch of normalized-image-like inputs ``N(0, 1)`` of shape ``(count, 3, H, H)``."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(count, 3, input_size, input_size, generator=generator)
-
-
-def fit_batch(values: torch.Tensor | np.ndarray, batch: int | None) -> torch.Tensor | np.ndarray:
-    """The parity batch as a graph of fixed ``batch`` takes it: cut to ``batch``, or repeated up to it."""
-    if batch is None or batch == len(values):
-        return values
-    repeats = -(-batch // len(values))
-    tiled = torch.cat([values] * repeats) if isinstance(values, torch.Tensor) else np.concatenate([values] * repeats)
-    return tiled[:batch]
 
 
 def _forward(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -242,6 +286,7 @@ def eager_stages(
     reference: np.ndarray,
     progress: Progress = _noop,
     capture_original: bool = False,
+    name: str = "model",
 ) -> tuple[StageOutputs, list[StageRecord]]:
     """Run fuse, reparameterize and trace, comparing each against ``reference`` (the original's logits).
 
@@ -254,6 +299,7 @@ def eager_stages(
             find the fuse stage's pairs on that program, returned as ``original_traced`` for the export to
             convert to the multi-branch ONNX: the original is captured once. Otherwise the fuse stage makes
             its own fixed-shape capture (cheaper when nothing else needs one, as in ``verify``).
+        name: the model's name, for the error when a stage fails.
 
     Returns:
         The stage outputs and their waterfall rows, each timed (the fuse row includes the capture).
@@ -261,9 +307,12 @@ def eager_stages(
     probe, tolerance = inputs[:2], TOLERANCES.eager
     progress("fuse BatchNorm")
     started = time.perf_counter()
-    original_traced = trace(original, probe) if capture_original else None
-    program = original_traced.program if original_traced and original_traced.capture is Capture.TORCH_EXPORT else None
-    fused, fuse_report = fuse_batchnorm(original, probe, program)
+    with failing_stage("fuse", name):
+        original_traced = trace(original, probe) if capture_original else None
+        program = (
+            original_traced.program if original_traced and original_traced.capture is Capture.TORCH_EXPORT else None
+        )
+        fused, fuse_report = fuse_batchnorm(original, probe, program)
     rows = [
         StageRecord(
             "fuse",
@@ -274,7 +323,12 @@ def eager_stages(
     ]
     progress("reparameterize branches")
     started = time.perf_counter()
-    merged, count = reparameterize(fused)
+    with failing_stage("reparameterize", name):
+        merged, count = reparameterize(fused)
+        late_folds = 0
+        if count.foreign:  # BatchNorms left to self-merging modules that their merge did not absorb
+            merged, late = fuse_batchnorm(merged, probe)
+            late_folds = len(late.folded)
     rows.append(
         StageRecord(
             "reparameterize",
@@ -284,13 +338,16 @@ def eager_stages(
                 layer_scales_folded=count.layer_scales,
                 norms_folded=count.norms,
                 tables_gathered=count.tables,
+                foreign_merged=count.foreign,
+                bns_folded_after=late_folds,
             ),
             seconds=_since(started),
         )
     )
     progress("trace (torch.export, dynamic batch)")
     started = time.perf_counter()
-    traced = trace(merged, probe)
+    with failing_stage("trace", name):
+        traced = trace(merged, probe)
     rows.append(
         StageRecord(
             "trace",
@@ -305,45 +362,6 @@ def eager_stages(
 def _since(started: float) -> float:
     """Seconds of wall time since ``started`` (a ``time.perf_counter()`` reading), to the millisecond."""
     return round(time.perf_counter() - started, 3)
-
-
-def onnx_logits(source: Path | bytes, inputs: np.ndarray) -> np.ndarray:
-    """Run an ONNX model with onnxruntime on the CPU and return its first output, as :func:`logits` runs torch.
-
-    The session is the one :func:`deployforge.export.onnx.run_onnx` opens (CPU provider, one intra-op thread,
-    default graph optimizations), opened once; with torch allowed ``n > 1`` threads and a dynamic batch, ``n``
-    threads run one chunk of the batch each on it (onnxruntime releases the GIL and its sessions are
-    thread-safe). A graph of fixed batch runs whole.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    path_or_bytes = str(source) if isinstance(source, Path) else source
-    session = ort.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
-    graph_input = session.get_inputs()[0]
-    fixed = isinstance(graph_input.shape[0], int)
-    chunks = [inputs] if fixed else np.array_split(inputs, min(torch.get_num_threads(), len(inputs)))
-    if len(chunks) < 2:
-        return session.run(None, {graph_input.name: inputs})[0]
-    with ThreadPoolExecutor(len(chunks), thread_name_prefix="deployforge-parity") as pool:
-        outputs = list(pool.map(lambda chunk: session.run(None, {graph_input.name: chunk})[0], chunks))
-    return np.concatenate(outputs)
-
-
-def onnx_record(
-    stage: str,
-    source: Path | bytes,
-    inputs: torch.Tensor,
-    reference: np.ndarray,
-    details: OnnxDetails | None = None,
-    file: str | None = None,
-) -> StageRecord:
-    """Run an ONNX model with onnxruntime and compare it with the original's logits (the row is timed)."""
-    started = time.perf_counter()
-    outputs = onnx_logits(source, inputs.numpy())
-    parity = compare(outputs, reference, TOLERANCES.onnx)
-    return StageRecord(stage, parity, details or OnnxDetails(), file=file, seconds=_since(started))
 
 
 def _check_writable(out: Path) -> None:
@@ -369,11 +387,12 @@ class _Run:
     reference: np.ndarray
     staging: Path
     progress: Progress
+    photos: Batch | None = None
 
 
 def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], onnx.ModelProto, onnx.ModelProto | None]:
     spec, settings, probe = run.spec, run.settings, run.inputs[:2]
-    inputs, reference = fit_batch(run.inputs, settings.batch), fit_batch(run.reference, settings.batch)
+    inputs, reference = fit_batch(run.inputs.numpy(), settings.batch), fit_batch(run.reference, settings.batch)
     run.progress("export ONNX (reparameterized)")
     started = time.perf_counter()
     model = onnx_export.export_onnx(run.stages.traced, probe, settings.opset, settings.batch)
@@ -412,9 +431,14 @@ def _onnx_artifacts(run: _Run) -> tuple[list[StageRecord], onnx.ModelProto, onnx
     return rows, model, multi
 
 
-def _coreml_artifact(run: _Run, input_size: int) -> StageRecord:
-    from .coreml_parity import coreml_record, parity_batch
-    from .export.coreml import describe_package, export_coreml
+def _coreml_artifact(run: _Run, input_size: int) -> tuple[StageRecord, Batch, np.ndarray]:
+    """Convert, then run the package on the Core ML parity images.
+
+    Returns:
+        The package's row, and those images with the original's outputs on them (for the golden vectors).
+    """
+    from .artifact_parity import coreml_record, parity_batch
+    from .targets.coreml import describe_package, export_coreml
 
     precision = run.settings.precision
     run.progress(f"export Core ML ({precision.value})")
@@ -424,9 +448,12 @@ def _coreml_artifact(run: _Run, input_size: int) -> StageRecord:
     details = export_coreml(run.stages.reparameterized, example, run.staging / name, precision)
     details = replace(details, package=describe_package(run.staging / name))
     run.progress(f"run {name} with the Core ML interpreter")
-    images, reference = parity_batch(run.original, input_size, run.spec.mean, run.spec.std)
-    row = coreml_record(run.staging / name, details, images, reference)
-    return replace(row, seconds=_since(started))
+    if run.photos is not None:  # the photos are the parity images: no drawn ones to select from
+        images, reference = run.photos, run.reference
+    else:
+        images, reference = parity_batch(run.original, input_size, run.spec.mean, run.spec.std)
+    row = coreml_record(run.staging / name, details, images.inputs, reference)
+    return replace(row, seconds=_since(started)), images, reference
 
 
 @fewer_gc_passes()
@@ -436,15 +463,21 @@ def export(
     out: Path = Path("deployforge-out"),
     weights: Path | None = None,
     progress: Progress = _noop,
+    num_classes: int | None = None,
+    images: Path | None = None,
 ) -> Report:
     """Run the whole pipeline for ``spec`` and write ``OUT/MODEL/`` (artifacts + manifest.json).
 
     Args:
-        spec: the registered model.
+        spec: the model (a registered variant, a timm model, or a module handed to the Python API).
         settings: target, precision, opset, batch and input size (default: ``ExportSettings()``).
         out: output root; the model's directory is replaced as a whole on success.
-        weights: a checkpoint to load strictly, or ``None`` for seeded random weights.
+        weights: a checkpoint to load strictly, or ``None`` for seeded random weights. A checkpoint whose
+            classifier has another class count (a fine-tuned model) sets the count (:func:`fit_classes`).
         progress: called with a short description as each stage starts.
+        num_classes: the class count, when stated (it must agree with the checkpoint's).
+        images: a folder of photos to use as the parity inputs of every stage and artifact, instead of drawn ones
+            (:mod:`deployforge.photos`); unusable files are listed in ``report.notes``.
 
     Returns:
         The report; ``report.ok`` is False (and nothing is written) if any stage breached tolerance.
@@ -457,31 +490,49 @@ def export(
     input_size = input_size_for(spec, settings.input_size)
     out = Path(out)
     started = time.time()
+    photos, notes = (), []
+    if images is not None:  # unusable photos fail before anything is built
+        progress(f"read the photos in {images}")
+        preprocessing = Preprocessing.for_size(input_size)
+        pixels, photos, notes = load_photos(images, preprocessing)
+        batch = Batch.of_pixels(pixels, spec.mean, spec.std)
+        distribution = f"photos from {Path(images).resolve()}: {preprocessing.describe()}, normalized"
+    else:
+        batch, distribution = Batch(parity_inputs(input_size).numpy()), PARITY_DISTRIBUTION
     progress("build the multi-branch original")
     # bad weights fail before anything is created on disk
-    original, conditioning = build_original(spec, weights, input_size=input_size)
+    with failing_stage("build", spec.name):
+        spec, classes_source, state = fit_classes(spec, weights, num_classes)
+        original, conditioning = build_original(spec, weights, input_size=input_size, state=state)
+        inputs = torch.from_numpy(batch.inputs)
+        reference = logits(original, inputs)
     _check_writable(out)
-    inputs = parity_inputs(input_size)
-    reference = logits(original, inputs)
-    outputs, rows = eager_stages(original, inputs, reference, progress, capture_original=settings.multibranch)
+    outputs, rows = eager_stages(original, inputs, reference, progress, settings.multibranch, spec.name)
 
     with staged(out / spec.name) as stage:
         stage.path.mkdir()
-        run = _Run(spec, settings, original, outputs, inputs, reference, stage.path, progress)
+        photo_batch = batch if photos else None
+        run = _Run(spec, settings, original, outputs, inputs, reference, stage.path, progress, photo_batch)
         size = SizeReport(
             params_train=torch_params(original),
             params_reparameterized=torch_params(reparameterize_structure(original)),
             params_deployed_torch=torch_params(outputs.reparameterized),
             macs_torch=torch_macs(outputs.reparameterized, inputs[:1]),
-            reference_params_m=spec.reference.params_m,
-            reference_gmacs=spec.reference.gmacs,
+            reference_params_m=spec.reference.params_m if spec.reference else None,
+            reference_gmacs=spec.reference.gmacs if spec.reference else None,
         )
+        golden = Golden(batch, reference)
         if settings.target.writes_onnx:
-            onnx_rows, deployed, multi_branch = _onnx_artifacts(run)
+            with failing_stage("onnx", spec.name):
+                onnx_rows, deployed, multi_branch = _onnx_artifacts(run)
             rows += onnx_rows
             size = size.with_onnx(deployed, multi_branch)
         if settings.target.writes_coreml:
-            rows.append(_coreml_artifact(run, input_size))
+            with failing_stage("coreml", spec.name):
+                row, images, image_outputs = _coreml_artifact(run, input_size)
+            rows.append(row)
+            golden = replace(golden, images=images, image_outputs=image_outputs)
+        golden.write(stage.path / GOLDEN)
         batch_dim = settings.batch if settings.batch is not None else onnx_export.BATCH_DIM
         manifest = Manifest(
             schema=SCHEMA_VERSION,
@@ -496,16 +547,17 @@ def export(
                 mean=tuple(spec.mean),
                 std=tuple(spec.std),
             ),
-            output=OutputSpec(name=onnx_export.OUTPUT_NAME, shape=(batch_dim, "classes")),
-            weights=weights_source(weights, conditioning=conditioning),
-            parity_inputs=ParityInputs(count=PARITY_BATCH, distribution=PARITY_DISTRIBUTION, seed=PARITY_SEED),
+            output=OutputSpec(onnx_export.OUTPUT_NAME, (batch_dim, int(reference.shape[1])), classes_source),
+            weights=weights_source(weights, conditioning=conditioning) if spec.origin != "module" else OWN_WEIGHTS,
+            parity_inputs=ParityInputs(len(batch), distribution, PARITY_SEED, tuple(photos)),
             stages=tuple(rows),
             size=size,
             tools=tool_versions(),
             artifacts={p.name: artifact_digest(p) for p in sorted(stage.path.iterdir())},
             seconds=round(time.time() - started, 1),
+            origin=spec.origin,
         )
-        report = Report(spec.name, rows, breaches_of(rows), manifest)
+        report = Report(spec.name, rows, breaches_of(rows), manifest, notes=list(notes))
         if report.ok:
             manifest.write(stage.path)
             stage.commit()

@@ -13,11 +13,27 @@ from typing import TYPE_CHECKING
 from .errors import DeployforgeError
 
 if TYPE_CHECKING:
-    from deployforge.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, ReferenceSize, Registry
+    from deployforge.models.spec import (
+        DEFAULT_CLASSES,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        ModelSpec,
+        ReferenceSize,
+        Registry,
+    )
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelSpec", "ReferenceSize", "get_spec", "list_models"]
+__all__ = [
+    "DEFAULT_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ModelSpec",
+    "ReferenceSize",
+    "get_spec",
+    "list_models",
+    "rebuildable_spec",
+]
 
-_REEXPORTED = frozenset({"IMAGENET_MEAN", "IMAGENET_STD", "ModelSpec", "ReferenceSize"})
+_REEXPORTED = frozenset({"DEFAULT_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "ModelSpec", "ReferenceSize"})
 
 
 def __getattr__(name: str) -> object:
@@ -68,3 +84,35 @@ def get_spec(name: str) -> ModelSpec:
     close = difflib.get_close_matches(name, registry.names(), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "run `deployforge list` to see every model"
     raise DeployforgeError(f"unknown model '{name}'; {hint}")
+
+
+def rebuildable_spec(name: str, origin: str = "registry", num_classes: int | None = None) -> ModelSpec:
+    """The spec an export was made from, as its manifest names it: to rebuild the original.
+
+    Args:
+        name: the manifest's model name.
+        origin: the manifest's origin (``registry``, ``timm`` or ``module``).
+        num_classes: the class count the export used (``None``: the architecture's).
+
+    Raises:
+        DeployforgeError: the model cannot be rebuilt (a module handed to the Python API, or an unknown name or
+            origin).
+    """
+    if origin == "registry":
+        spec = get_spec(name)
+    elif origin == "timm":
+        from .timm_models import timm_spec
+
+        spec = timm_spec(name)
+    elif origin == "module":
+        raise DeployforgeError(
+            f"{name} was a module handed to deployforge.export; it cannot be rebuilt here (its artifacts are checked "
+            "against the golden vectors written beside them)"
+        )
+    else:
+        raise DeployforgeError(f"{name}: unknown model origin '{origin}'; re-run `deployforge export`")
+    if num_classes is None or num_classes == spec.num_classes:
+        return spec
+    import dataclasses
+
+    return dataclasses.replace(spec, num_classes=num_classes)

@@ -11,17 +11,40 @@ from deployforge.models.blocks import MergeCount
 
 
 def _reparameterize_tree(module: nn.Module) -> MergeCount:
-    # A reparameterizable block owns its subtree (it merges its children itself), so stop there.
+    """Put ``module`` and everything under it in inference form; return what was merged."""
     if callable(getattr(module, "reparameterize", None)):
-        return module.reparameterize()
+        result = module.reparameterize()
+        # One of our blocks owns its subtree (it merges its children itself and counts what it did): stop there.
+        if isinstance(result, MergeCount):
+            return result
+        return MergeCount(foreign=1) + _reparameterize_children(module)
+    if callable(getattr(module, "switch_to_deploy", None)):
+        module.switch_to_deploy()
+        return MergeCount(foreign=1) + _reparameterize_children(module)
+    return _reparameterize_children(module)
+
+
+def _reparameterize_children(module: nn.Module) -> MergeCount:
+    """Each child in inference form. A child with timm's ``fuse()`` is replaced by the module it returns."""
     count = MergeCount()
-    for child in list(module.children()):
+    for name, child in list(module.named_children()):
+        fuse = getattr(child, "fuse", None)
+        if callable(fuse) and not callable(getattr(child, "reparameterize", None)):
+            fused = fuse()
+            if isinstance(fused, nn.Module) and fused is not child:
+                setattr(module, name, fused)
+                child = fused
+            count = count + MergeCount(foreign=1)
         count = count + _reparameterize_tree(child)
     return count
 
 
 def reparameterize(model: nn.Module) -> tuple[nn.Module, MergeCount]:
     """Return a copy of ``model`` with every reparameterizable block in its inference form.
+
+    deployforge's own blocks merge through their ``reparameterize()``, which counts what it merged. Any other
+    module is merged as timm merges it: its own ``reparameterize()`` or ``switch_to_deploy()`` is called, and a
+    ``fuse()`` method replaces the module by the one it returns; its children are visited after it.
 
     Args:
         model: a model, multi-branch or already (partly) reparameterized.

@@ -21,6 +21,36 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class ConditioningReport:
+    """What :func:`condition_weights` did to a model (recorded in the manifest as it is).
+
+    Attributes:
+        description: one line for people.
+        batchnorms: BatchNorms whose running statistics were re-estimated (0: the model was left unchanged).
+        batch: images in the calibration batch.
+        input_size: side of the calibration images.
+        seed: seed of the calibration images.
+        gates: squeeze-excite gates whose logits were narrowed to ``deployforge.condition.GATE_SPREAD``.
+        low_pass: weight of the mean component added to every spatial kernel (``deployforge.condition.LOW_PASS``).
+        kernels: convolutions whose spatial kernels were given that mean component.
+    """
+
+    description: str
+    batchnorms: int
+    batch: int
+    input_size: int
+    seed: int
+    gates: int = 0
+    low_pass: float = 0.0
+    kernels: int = 0
+
+    @property
+    def changed(self) -> bool:
+        """Whether any statistic was re-estimated."""
+        return self.batchnorms > 0
+
+
+@dataclass(frozen=True)
 class FuseDetails:
     """What the fuse stage folded.
 
@@ -43,12 +73,18 @@ class MergeDetails:
         layer_scales_folded: layer scales folded into the projection that feeds them.
         norms_folded: BatchNorms folded forward into the linear layer that reads them.
         tables_gathered: learned tables gathered into constants (EfficientFormer's attention bias).
+        foreign_merged: modules from outside deployforge's blocks put in inference form through timm's conventions
+            (``reparameterize()``, ``fuse()``, ``switch_to_deploy()``).
+        bns_folded_after: BatchNorms the fuse stage left to those modules that their merge did not absorb,
+            folded into their conv or linear layer after it.
     """
 
     branches_merged: int
     layer_scales_folded: int
     norms_folded: int
     tables_gathered: int = 0
+    foreign_merged: int = 0
+    bns_folded_after: int = 0
     kind: Literal["reparameterize"] = "reparameterize"
 
 
@@ -126,8 +162,23 @@ class CoreMLDetails:
     kind: Literal["coreml"] = "coreml"
 
 
+@dataclass(frozen=True)
+class OriginalDetails:
+    """The original, rebuilt by ``verify``, against the outputs it had at export (the golden vectors).
+
+    Attributes:
+        golden: the file holding the export's inputs and outputs.
+        weights: where the rebuilt original's weights came from.
+    """
+
+    golden: str
+    weights: str
+    kind: Literal["original"] = "original"
+
+
 StageDetails = Annotated[
-    FuseDetails | MergeDetails | CaptureDetails | OnnxDetails | CoreMLDetails, Field(discriminator="kind")
+    FuseDetails | MergeDetails | CaptureDetails | OnnxDetails | CoreMLDetails | OriginalDetails,
+    Field(discriminator="kind"),
 ]
 
 
@@ -181,6 +232,7 @@ class Report:
         breaches: one line per failure (stage over tolerance, altered artifact, bad spec).
         manifest: the manifest written (export) or read back (verify).
         directory: where the artifacts are (``None`` when an export wrote nothing).
+        notes: what a verification could not do here, and why (stages not re-proved without torch).
     """
 
     model: str
@@ -188,8 +240,30 @@ class Report:
     breaches: list[str]
     manifest: Manifest | None = None
     directory: Path | None = field(default=None)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True when nothing breached."""
         return not self.breaches
+
+
+@dataclass
+class Verification:
+    """Result of verifying one or more exports.
+
+    Attributes:
+        reports: one per export directory, in the order asked for.
+    """
+
+    reports: list[Report]
+
+    @property
+    def ok(self) -> bool:
+        """True when every export verified."""
+        return all(report.ok for report in self.reports)
+
+    @property
+    def failed(self) -> list[str]:
+        """The models that did not verify."""
+        return [report.model for report in self.reports if not report.ok]

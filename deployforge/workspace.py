@@ -82,8 +82,8 @@ def resolve_model_dirs(
                 raise DeployforgeError(
                     f"no exported artifacts (manifest.json) under {path}; run `deployforge export MODEL`"
                 )
-        elif (out / target / MANIFEST).is_file():
-            found = [out / target]
+        elif (out / target.removeprefix("timm:") / MANIFEST).is_file():  # timm:NAME is exported as NAME
+            found = [out / target.removeprefix("timm:")]
         else:
             found = [_export_new(target, out, scratch, progress, notify)]
         dirs += [_usable(d, scratch, progress, notify) for d in found]
@@ -92,8 +92,9 @@ def resolve_model_dirs(
 
 def _export_new(name: str, out: Path, scratch: Scratch | None, progress: Progress, notify: Progress) -> Path:
     from .registry import get_spec
+    from .timm_models import is_timm_name, timm_spec
 
-    spec = get_spec(name)  # unknown names get the close-match error
+    spec = timm_spec(name) if is_timm_name(name) else get_spec(name)  # unknown names get the close-match error
     if scratch is None:
         raise DeployforgeError(f"no artifacts for {name} under {out}; run `deployforge export {name}` first")
     notify(f"{name}: no export under {out}; exporting it (seeded random weights) to a scratch directory")
@@ -103,7 +104,7 @@ def _export_new(name: str, out: Path, scratch: Scratch | None, progress: Progres
 def _usable(directory: Path, scratch: Scratch | None, progress: Progress, notify: Progress) -> Path:
     if scratch is None or scratch.usable(directory):
         return directory
-    from .registry import get_spec
+    from .registry import rebuildable_spec
 
     manifest = read_manifest(directory)
     used = manifest.settings
@@ -113,7 +114,8 @@ def _usable(directory: Path, scratch: Scratch | None, progress: Progress, notify
         f"{manifest.model}: {directory} has no ONNX pair (deployed + multi-branch); building it in a scratch "
         "directory from the weights, input size and opset its manifest records"
     )
-    return _export(get_spec(manifest.model), scratch, settings, weights, progress)
+    spec = rebuildable_spec(manifest.model, manifest.origin, manifest.output.classes)
+    return _export(spec, scratch, settings, weights, progress)
 
 
 def _export(spec, scratch: Scratch, settings: ExportSettings, weights: Path | None, progress: Progress) -> Path:

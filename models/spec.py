@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CLASSES = 1000  # ImageNet-1k, what every registered variant is published with
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,17 @@ class ModelSpec:
         config: the family's frozen configuration dataclass for this variant.
         builder: ``builder(config)`` returns the train-time (multi-branch) model with random weights.
         input_size: square input side the variant is published at.
-        reference: reference params and MACs of the reparameterized model, with their source.
+        reference: reference params and MACs of the reparameterized model, with their source (``None`` for a
+            model from outside the registry).
         timm_name: the same architecture in timm (the external oracle), or ``None`` if timm has none.
         key_map: maps a timm state dict onto ours, or ``None`` when the names agree.
         mean: input normalization mean.
         std: input normalization std.
         fixed_input_size: the architecture accepts ``input_size`` only (a table learned per token position,
             such as EfficientFormer's attention bias, fixes the token grid); ``False``: any size works.
+        num_classes: classifier outputs the builder is asked for (a fine-tuned checkpoint's head sets another).
+        origin: where the architecture comes from: ``registry`` (declared here), ``timm`` (built by timm by
+            name) or ``module`` (a module handed to the Python API, built by copying it).
     """
 
     name: str
@@ -63,16 +68,20 @@ class ModelSpec:
     config: object
     builder: Callable[[Any], nn.Module]
     input_size: int
-    reference: ReferenceSize
+    reference: ReferenceSize | None
     timm_name: str | None
     key_map: Callable[[Mapping], dict] | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     fixed_input_size: bool = False
+    num_classes: int = DEFAULT_CLASSES
+    origin: str = "registry"
 
     def build(self) -> nn.Module:
-        """Return a fresh train-time model in eval mode."""
-        return self.builder(self.config).eval()
+        """Return a fresh train-time model with :attr:`num_classes` outputs, in eval mode."""
+        if self.num_classes == DEFAULT_CLASSES:
+            return self.builder(self.config).eval()
+        return self.builder(self.config, num_classes=self.num_classes).eval()
 
 
 class Registry:

@@ -19,13 +19,13 @@ from onnx import TensorProto, helper, numpy_helper
 from pydantic import TypeAdapter
 
 from deployforge.audit import GraphAudit, audit_graph, audit_onnx
-from deployforge.export.onnx import export_onnx, run_onnx
 from deployforge.fuse import fuse_batchnorm
 from deployforge.parity import TOLERANCES, compare
 from deployforge.peers import export_timm_reparameterized
 from deployforge.registry import get_spec, list_models
 from deployforge.reparam import reparameterize
 from deployforge.stress import stress_weights
+from deployforge.targets.onnx import export_onnx, run_onnx
 from deployforge.trace import trace
 
 SIZE, BATCH = 64, 2

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deployforge import bench
+from deployforge import benchmark
 from deployforge.errors import DeployforgeError, InvalidSetting
 from deployforge.options import Against, Baseline, TimingProtocol
 
@@ -50,18 +50,18 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return _conv_model(d / "multi.onnx", 2), _conv_model(d / "reparam.onnx", 1)
 
 
-def _check_stats(s: bench.LatencyStats, runs: int, batch: int) -> None:
+def _check_stats(s: benchmark.LatencyStats, runs: int, batch: int) -> None:
     assert 0 < s.p50_ms <= s.p90_ms <= s.p99_ms
     assert s.mean_ms > 0 and s.std_ms >= 0
     assert s.n_runs >= runs and len(s.samples_ms) == s.n_runs
-    assert s.n_runs <= bench.MAX_RUNS_FACTOR * runs
+    assert s.n_runs <= benchmark.MAX_RUNS_FACTOR * runs
     assert s.batch == batch
     assert math.isclose(s.throughput, batch * 1000.0 / s.p50_ms)
 
 
 def test_bench_pair(models: tuple[Path, Path]) -> None:
     multi, reparam = models
-    r = bench.bench_pair(multi, reparam, FAST, macs_baseline=2 * 8 * 8 * 9 * 256, macs_deployed=None)
+    r = benchmark.bench_pair(multi, reparam, FAST, macs_baseline=2 * 8 * 8 * 9 * 256, macs_deployed=None)
     _check_stats(r.baseline, 10, 1)
     _check_stats(r.deployed, 10, 1)
     # interleaved: both models get the same number of samples
@@ -82,7 +82,7 @@ def test_bench_pair(models: tuple[Path, Path]) -> None:
 def test_bench_interleaved_n_way(models: tuple[Path, Path]) -> None:
     """Every baseline and ours are timed in one run: same sample count, one ratio per baseline, ours shared."""
     multi, reparam = models
-    pairs = bench.bench_interleaved(reparam, [multi, reparam, multi], FAST, macs_deployed=1000, macs_baselines=None)
+    pairs = benchmark.bench_interleaved(reparam, [multi, reparam, multi], FAST, macs_deployed=1000, macs_baselines=None)
     assert len(pairs) == 3
     assert len({id(p.deployed) for p in pairs}) == 1  # one record of ours, shared by every ratio
     assert len({p.baseline.n_runs for p in pairs} | {pairs[0].deployed.n_runs}) == 1
@@ -93,7 +93,7 @@ def test_bench_interleaved_n_way(models: tuple[Path, Path]) -> None:
         low, high = pair.speedup_ci
         assert 0 < low <= pair.speedup <= high
     with pytest.raises(DeployforgeError, match="at least one baseline"):
-        bench.bench_interleaved(reparam, [], FAST)
+        benchmark.bench_interleaved(reparam, [], FAST)
 
 
 def test_bench_rows_one_row_per_baseline_and_thread_count(models: tuple[Path, Path]) -> None:
@@ -101,10 +101,10 @@ def test_bench_rows_one_row_per_baseline_and_thread_count(models: tuple[Path, Pa
 
     _, reparam = models
     size = SizeReport(0, 0, 0, 0, 0.0, 0.0, params_onnx=576, macs_onnx=8 * 8 * 9 * 256)
-    graphs = [bench.BaselineGraph(Baseline.TIMM, reparam), bench.BaselineGraph(Baseline.MULTI_BRANCH, reparam)]
-    peak = bench.Peak(64, bench.LatencyStats.from_samples([1.0], threads=1, macs=64**3))
+    graphs = [benchmark.BaselineGraph(Baseline.TIMM, reparam), benchmark.BaselineGraph(Baseline.MULTI_BRANCH, reparam)]
+    peak = benchmark.Peak(64, benchmark.LatencyStats.from_samples([1.0], threads=1, macs=64**3))
     protocols = [FAST, dataclasses.replace(FAST, threads=2)]
-    rows = bench.bench_rows("toy", size, reparam, graphs, protocols, peaks=[peak])
+    rows = benchmark.bench_rows("toy", size, reparam, graphs, protocols, peaks=[peak])
     assert [(r.pair.threads, r.against) for r in rows] == [(t, b.baseline) for t in (1, 2) for b in graphs]
     assert all(r.rel_l2 is not None and r.rel_l2 <= 1e-5 for r in rows)  # checked before timing
     assert rows[0].pair.deployed is rows[1].pair.deployed  # the two baselines of one run share ours
@@ -122,51 +122,51 @@ def test_against_timm_times_three_baselines() -> None:
 
 
 def test_measure_peak() -> None:
-    peak = bench.measure_peak(dataclasses.replace(FAST, runs=3, min_time_s=0), size=128)
+    peak = benchmark.measure_peak(dataclasses.replace(FAST, runs=3, min_time_s=0), size=128)
     assert peak.gflops > 0 and peak.size == 128 and peak.threads == 1
     assert peak.stats.n_runs >= 3 and peak.stats.macs == 128**3
     assert math.isclose(peak.gflops, 2 * 128**3 / (peak.stats.p50_ms * 1e-3) / 1e9)
     assert json.loads(json.dumps(peak.as_dict()))["gflops"] == peak.gflops
     with pytest.raises(InvalidSetting) as error:
-        bench.measure_peak(FAST, size=8)
+        benchmark.measure_peak(FAST, size=8)
     assert error.value.setting == "peak_size"
 
 
 def test_time_models_dynamic_batch(models: tuple[Path, Path]) -> None:
-    (s,) = bench.time_models([models[1]], dataclasses.replace(FAST, batch=2), macs=[1000])
+    (s,) = benchmark.time_models([models[1]], dataclasses.replace(FAST, batch=2), macs=[1000])
     _check_stats(s, 10, 2)
     assert s.threads == 1 and s.macs == 1000 and s.gflops is not None
     json.dumps(s.as_dict())
 
 
 def test_time_models_interleaves_every_model(models: tuple[Path, Path]) -> None:
-    stats = bench.time_models([models[0], models[1], models[0]], FAST)
+    stats = benchmark.time_models([models[0], models[1], models[0]], FAST)
     assert len({s.n_runs for s in stats}) == 1  # round-robin: every model got the same number of samples
 
 
 def test_fixed_batch_mismatch(tmp_path: Path) -> None:
     p = _conv_model(tmp_path / "fixed.onnx", 1, batch=1)
-    bench.time_models([p], FAST)
+    benchmark.time_models([p], FAST)
     with pytest.raises(DeployforgeError, match="fixed batch"):
-        bench.time_models([p], dataclasses.replace(FAST, batch=4))
+        benchmark.time_models([p], dataclasses.replace(FAST, batch=4))
 
 
 def test_bootstrap_contains_point_estimate() -> None:
     rng = np.random.default_rng(1)
     a, b = rng.gamma(5, 1, 31) + 2, rng.gamma(5, 1, 40) + 1
-    lo, hi = bench.bootstrap_ratio_of_medians(a, b, seed=3)
+    lo, hi = benchmark.bootstrap_ratio_of_medians(a, b, seed=3)
     assert lo <= np.median(a) / np.median(b) <= hi
-    assert (lo, hi) == bench.bootstrap_ratio_of_medians(a, b, seed=3)  # seeded: reproducible
+    assert (lo, hi) == benchmark.bootstrap_ratio_of_medians(a, b, seed=3)  # seeded: reproducible
 
 
 def test_thread_warning() -> None:
-    cores = bench.available_cores()
+    cores = benchmark.available_cores()
     assert cores >= 1
-    assert bench.thread_warning(cores) is None
-    assert bench.thread_warning(1, cores=1) is None
-    w = bench.thread_warning(cores + 1)
+    assert benchmark.thread_warning(cores) is None
+    assert benchmark.thread_warning(1, cores=1) is None
+    w = benchmark.thread_warning(cores + 1)
     assert w is not None and str(cores + 1) in w
-    assert bench.thread_warning(8, cores=4) is not None
+    assert benchmark.thread_warning(8, cores=4) is not None
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
@@ -187,7 +187,7 @@ def test_invalid_protocol(field: str, value: object) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DeployforgeError, match="no ONNX file"):
-        bench.time_models([tmp_path / "missing.onnx"], FAST)
+        benchmark.time_models([tmp_path / "missing.onnx"], FAST)
 
 
 def test_bench_peak_only_cli(tmp_path: Path) -> None:

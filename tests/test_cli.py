@@ -21,7 +21,7 @@ from deployforge.cli.app import app
 
 MODEL = "fastvit_t8"
 SIZE = "64"
-ARTIFACTS = (f"{MODEL}.onnx", f"{MODEL}.multibranch.onnx", f"{MODEL}.mlpackage")
+ARTIFACTS = (f"{MODEL}.onnx", f"{MODEL}.multibranch.onnx", f"{MODEL}.mlpackage", "reference.npz")
 
 runner = CliRunner()
 
@@ -121,7 +121,7 @@ def test_the_multi_branch_onnx_is_written_only_when_asked_for(empty_out):
     result = invoke("export", MODEL, "--to", "onnx", "--input-size", SIZE, "--out", empty_out, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert listing(empty_out / MODEL) == sorted([f"{MODEL}.onnx", "manifest.json"])
+    assert listing(empty_out / MODEL) == sorted([f"{MODEL}.onnx", "manifest.json", "reference.npz"])
     assert "onnx-multibranch" not in [row["stage"] for row in report["stages"]]
     assert report["size"]["params_onnx"] > 0 and report["size"]["params_onnx_multibranch"] is None
 
@@ -226,7 +226,7 @@ def test_readme_flow_in_an_empty_directory(tmp_path, monkeypatch):
     assert "has no ONNX pair (deployed + multi-branch); building it in a scratch directory" in benched.stderr
     # bench exported the ONNX pair it needed into a scratch directory; the user's export is as it was
     assert listing(tmp_path) == ["deployforge-out"]
-    assert listing(tmp_path / "deployforge-out" / MODEL) == [f"{MODEL}.mlpackage", "manifest.json"]
+    assert listing(tmp_path / "deployforge-out" / MODEL) == [f"{MODEL}.mlpackage", "manifest.json", "reference.npz"]
 
 
 # --- bad inputs: exit 2, one line naming the problem, nothing left behind ----------------------------

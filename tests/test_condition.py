@@ -31,7 +31,7 @@ from deployforge.pipeline import build_original, export, parity_inputs, rebuild_
 from deployforge.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec, list_models
 from deployforge.reparam import reparameterize
 from deployforge.stress import stress_weights
-from deployforge.verify import verify_directory
+from deployforge.verification import verify_directory
 
 BIG_PARAMS_M = 20.0  # variants above this many parameters are slow-marked (as in conftest)
 PROBE_SEED = 5  # held-out images: the calibration batch is drawn with CALIBRATION_SEED

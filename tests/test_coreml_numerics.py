@@ -2,20 +2,21 @@
 
 The original is built as ``export`` builds it (stressed, then conditioned random weights) at the test's small input
 side; the package is converted from its fused and reparameterized model and judged on the Core ML parity batch
-(:func:`deployforge.coreml_parity.parity_batch`): FP32 rel-L2 ≤ 1e-4; FP16 rel-L2 ≤ 1e-2 and top-1 ≥ 0.95.
+(:func:`deployforge.artifact_parity.parity_batch`): FP32 rel-L2 ≤ 1e-4; FP16 rel-L2 ≤ 1e-2 and top-1 ≥ 0.95.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from deployforge.coreml_parity import PARITY_IMAGES, coreml_record, parity_batch
-from deployforge.export.coreml import export_coreml
+from deployforge.artifact_parity import PARITY_IMAGES, coreml_record, parity_batch
 from deployforge.fuse import fuse_batchnorm
 from deployforge.options import Precision
 from deployforge.pipeline import build_original, parity_inputs
 from deployforge.registry import list_models
 from deployforge.reparam import reparameterize
+from deployforge.targets.coreml import export_coreml
 
 BIG_PARAMS_M = 20.0  # as in conftest: variants above this many parameters are slow-marked
 MODELS = [
@@ -37,13 +38,13 @@ def test_fp32_and_fp16_packages_are_interpreted_within_tolerance(name, input_sid
     fused, _ = fuse_batchnorm(original, parity_inputs(side, 2))
     merged, _ = reparameterize(fused)
     images, reference = parity_batch(original, side, spec.mean, spec.std)
-    assert images.shape == (PARITY_IMAGES, 3, side, side)
+    assert images.inputs.shape == (PARITY_IMAGES, 3, side, side) and images.pixels.dtype == np.uint8
 
     for precision in (Precision.FP32, Precision.FP16):
         path = tmp_path / f"{name}.{precision.value}.mlpackage"
         details = export_coreml(merged, parity_inputs(side, 1), path, precision)
 
-        row = coreml_record(path, details, images, reference)
+        row = coreml_record(path, details, images.inputs, reference)
 
         assert row.error is None, row.error
         assert row.stage == f"coreml-{precision.value}" and row.file == path.name

@@ -17,8 +17,6 @@ from onnx import TensorProto, helper, numpy_helper
 from timm.models.efficientformer import Attention, MetaBlock1d, MetaBlock2d
 from torch import nn
 
-from deployforge.export.coreml import export_coreml
-from deployforge.export.onnx import export_onnx
 from deployforge.fuse import fuse_batchnorm
 from deployforge.models import efficientformer
 from deployforge.models.blocks import LayerScale2d, MergeCount
@@ -28,6 +26,8 @@ from deployforge.options import Precision
 from deployforge.registry import get_spec, list_models
 from deployforge.reparam import reparameterize
 from deployforge.stress import stress_weights
+from deployforge.targets.coreml import export_coreml
+from deployforge.targets.onnx import export_onnx
 from deployforge.trace import Traced, trace
 
 TOL = 1e-5

@@ -421,7 +421,7 @@ def test_every_batchnorm_folds_in_the_fuse_stage(name, stressed_original, make_i
 @pytest.mark.parametrize("precision", [Precision.FP32, Precision.FP16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("name", NAMES)
 def test_coreml_conversion(name, precision, stressed_original, make_inputs, input_side, tmp_path):
-    from deployforge.export.coreml import describe_package, export_coreml
+    from deployforge.targets.coreml import describe_package, export_coreml
 
     example = make_inputs(batch=1, size=input_side(name))
     fused, _ = fuse_batchnorm(stressed_original(name), example)

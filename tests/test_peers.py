@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from deployforge import bench, peers
+from deployforge import benchmark, peers
 from deployforge.cli.app import app
 from deployforge.errors import DeployforgeError
 from deployforge.options import Baseline
@@ -58,13 +58,13 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("factor", "agrees"), [(1.0, True), (1 + 1e-6, True), (1 + 3e-5, False), (1.01, False)])
 def test_check_refuses_a_baseline_that_disagrees(ours: Path, tmp_path: Path, factor: float, agrees: bool) -> None:
-    graph = bench.BaselineGraph(Baseline.TIMM, _scaled(ours, tmp_path / "peer.onnx", factor))
+    graph = benchmark.BaselineGraph(Baseline.TIMM, _scaled(ours, tmp_path / "peer.onnx", factor))
     if agrees:
-        (checked,) = bench.check_baselines(ours, [graph])
+        (checked,) = benchmark.check_baselines(ours, [graph])
         assert checked.rel_l2 is not None and checked.rel_l2 <= 1e-5
         return
-    with pytest.raises(bench.BaselineDisagrees, match="timm baseline peer.onnx .* disagree") as error:
-        bench.check_baselines(ours, [graph])
+    with pytest.raises(benchmark.BaselineDisagrees, match="timm baseline peer.onnx .* disagree") as error:
+        benchmark.check_baselines(ours, [graph])
     assert error.value.exit_code == 1  # a parity failure
 
 
@@ -74,17 +74,17 @@ def test_a_disagreeing_baseline_is_never_timed(ours: Path, tmp_path: Path, monke
     def no_timing(*args, **kwargs):
         raise AssertionError("timed a baseline that computes another function")
 
-    monkeypatch.setattr(bench, "time_models", no_timing)
-    good = bench.BaselineGraph(Baseline.MULTI_BRANCH, ours)
-    bad = bench.BaselineGraph(Baseline.TIMM_DYNAMO, _scaled(ours, tmp_path / "bad.onnx", 1.001))
+    monkeypatch.setattr(benchmark, "time_models", no_timing)
+    good = benchmark.BaselineGraph(Baseline.MULTI_BRANCH, ours)
+    bad = benchmark.BaselineGraph(Baseline.TIMM_DYNAMO, _scaled(ours, tmp_path / "bad.onnx", 1.001))
     size = SizeReport(0, 0, 0, 0, 0.0, 0.0, macs_onnx=1)
-    with pytest.raises(bench.BaselineDisagrees, match="timm-dynamo"):
-        bench.bench_rows("toy", size, ours, [good, bad], [bench.TimingProtocol()])
+    with pytest.raises(benchmark.BaselineDisagrees, match="timm-dynamo"):
+        benchmark.bench_rows("toy", size, ours, [good, bad], [benchmark.TimingProtocol()])
 
 
 def test_check_on_given_inputs(ours: Path) -> None:
     inputs = np.random.default_rng(3).standard_normal((3, 8, 16, 16)).astype(np.float32)
-    (checked,) = bench.check_baselines(ours, [bench.BaselineGraph(Baseline.TIMM, ours)], inputs)
+    (checked,) = benchmark.check_baselines(ours, [benchmark.BaselineGraph(Baseline.TIMM, ours)], inputs)
     assert checked.rel_l2 == 0.0
 
 

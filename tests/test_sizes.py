@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from deployforge.export.onnx import export_onnx, run_onnx
 from deployforge.fuse import fuse_batchnorm
 from deployforge.measure import onnx_macs, torch_macs, torch_params
 from deployforge.models.blocks import Reparameterizable
 from deployforge.parity import TOLERANCES, compare
 from deployforge.registry import get_spec, list_models
 from deployforge.reparam import reparameterize, reparameterize_structure
+from deployforge.targets.onnx import export_onnx, run_onnx
 from deployforge.trace import trace
 
 NAMES = [s.name for s in list_models()]

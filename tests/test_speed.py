@@ -18,7 +18,7 @@ from deployforge.cli.render import stage_notes
 from deployforge.manifest import read_manifest
 from deployforge.options import ExportSettings, Target
 from deployforge.registry import get_spec
-from deployforge.verify import verify_directory
+from deployforge.verification import verify_directory
 
 MODEL, SIZE = "fastvit_t8", 64
 
@@ -49,7 +49,7 @@ def test_stage_times_are_written_and_read_back(exported):
 def test_every_verify_row_is_timed(exported):
     report = verify_directory(exported.directory)
     assert report.ok, report.breaches
-    assert {row.stage for row in report.stages} == {row.stage for row in exported.stages}
+    assert {row.stage for row in report.stages} == {"original"} | {row.stage for row in exported.stages}
     for row in report.stages:
         assert row.seconds > 0, row
 
@@ -86,7 +86,8 @@ def test_parity_forward_runs_one_chunk_per_thread(stressed_original, make_inputs
 def test_onnx_parity_runs_one_chunk_per_thread(stressed_original, make_inputs):
     """onnxruntime too: one session, one chunk per thread, the numbers of a run of each chunk; a graph of fixed
     batch runs whole (chunks of it would not fit its input)."""
-    from deployforge.export.onnx import export_onnx, run_onnx
+    from deployforge.artifact_parity import onnx_logits
+    from deployforge.targets.onnx import export_onnx, run_onnx
     from deployforge.trace import trace
 
     model = stressed_original("mobilevitv2_050")
@@ -94,24 +95,20 @@ def test_onnx_parity_runs_one_chunk_per_thread(stressed_original, make_inputs):
     dynamic = export_onnx(trace(model, inputs[:2]), inputs[:2]).SerializeToString()
     fixed = export_onnx(trace(model, inputs[:2]), inputs[:2], batch=len(inputs)).SerializeToString()
     x = inputs.numpy()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        chunks = np.concatenate([run_onnx(dynamic, chunk) for chunk in np.array_split(x, 2)])
-        assert np.array_equal(pipeline.onnx_logits(dynamic, x), chunks)
-        assert np.array_equal(pipeline.onnx_logits(fixed, x), run_onnx(fixed, x))
-        torch.set_num_threads(1)
-        assert np.array_equal(pipeline.onnx_logits(dynamic, x), run_onnx(dynamic, x))
-    finally:
-        torch.set_num_threads(threads)
+    chunks = np.concatenate([run_onnx(dynamic, chunk) for chunk in np.array_split(x, 2)])
+    assert np.array_equal(onnx_logits(dynamic, x, workers=2), chunks)
+    assert np.array_equal(onnx_logits(fixed, x, workers=2), run_onnx(fixed, x))
+    assert np.array_equal(onnx_logits(dynamic, x, workers=1), run_onnx(dynamic, x))
 
 
 def test_fewer_gc_passes_restores_the_thresholds():
     import gc
 
     before = gc.get_threshold()
-    with pytest.raises(RuntimeError), pipeline.fewer_gc_passes():
-        assert gc.get_threshold()[0] >= pipeline.GC_YOUNG_THRESHOLD
+    from deployforge.gc_tuning import GC_YOUNG_THRESHOLD, fewer_gc_passes
+
+    with pytest.raises(RuntimeError), fewer_gc_passes():
+        assert gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD
         assert gc.get_threshold()[1:] == before[1:]
         raise RuntimeError("a failing stage")
     assert gc.get_threshold() == before

@@ -20,8 +20,6 @@ import timm
 import torch
 from torch import nn
 
-from deployforge.export.coreml import export_coreml
-from deployforge.export.onnx import export_onnx
 from deployforge.fuse import fuse_batchnorm
 from deployforge.measure import onnx_macs, onnx_params, torch_macs, torch_params
 from deployforge.models.blocks.visual_tokens import FilterTokenizer
@@ -30,6 +28,8 @@ from deployforge.options import Precision
 from deployforge.registry import get_spec, list_models
 from deployforge.reparam import reparameterize
 from deployforge.stress import stress_weights
+from deployforge.targets.coreml import export_coreml
+from deployforge.targets.onnx import export_onnx
 from deployforge.trace import trace
 
 NAMES = [s.name for s in list_models("vtresnet")]

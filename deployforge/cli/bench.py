@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from deployforge.errors import InvalidSetting
 from deployforge.options import (
     PEAK_GEMM_SIZE,
     Against,
-    ExportSettings,
-    Target,
     TimingProtocol,
-    choose,
     names,
     parse_counts,
 )
@@ -66,35 +59,22 @@ def bench_command(
     ours) with a bootstrap 95 % interval, params, MACs and GFLOP/s.
     """
     base = TimingProtocol(runs=runs, warmup_s=warmup_s, min_time_s=min_time_s)
-    protocols = [dataclasses.replace(base, threads=n) for n in parse_counts(threads, "threads", "thread count")]
-    baseline = choose(Against, against, "against", "baseline")
-    if baseline is Against.TIMM and (not targets or any(Path(t).is_dir() for t in targets)):
-        raise InvalidSetting("against", "timm is benched on model names (its weights are drawn anew); name models")
+    counts = parse_counts(threads, "threads", "thread count")
     quiet_converters()
-    from deployforge import bench
-    from deployforge.workspace import find_model_dirs
+    from deployforge import api
 
-    for protocol in protocols:
-        warning = bench.thread_warning(protocol.threads)
-        if warning:
-            stderr.print(f"warning: {warning}", highlight=False, soft_wrap=True)
-    peak_only = peak and not targets and not find_model_dirs(out)
-    if peak_only:
-        _note(f"no exports under {out}; measuring the FP32 GEMM peak only")
-    with tempfile.TemporaryDirectory(prefix="deployforge-bench-") as scratch:
-        with progress_status(not as_json) as progress:
-            # every export first, then the peak, then the timings: the peak is measured in the same state
-            if peak_only:
-                timed = []
-            elif baseline is Against.TIMM:
-                timed = _timm_peers(targets or [], Path(scratch), progress)
-            else:
-                timed = _export_dirs(targets or [], out, Path(scratch), progress)
-            peaks = []
-            for protocol in protocols if peak else []:
-                progress(f"measuring the FP32 GEMM peak at {protocol.threads} thread(s)")
-                peaks.append(bench.measure_peak(protocol))
-            rows = [row for time_it in timed for row in time_it(protocols, progress, peaks)]
+    with progress_status(not as_json) as progress:
+        report = api.bench(
+            targets or [],
+            threads=counts,
+            against=against,
+            protocol=base,
+            peak=peak,
+            out=out,
+            progress=progress,
+            notify=lambda line: stderr.print(line, highlight=False, soft_wrap=True),
+        )
+    rows, peaks = report.rows, report.peaks
     if as_json:
         results = [r.as_dict() for r in rows]
         print_json({"peak": [p.as_dict() for p in peaks], "rows": results} if peak else results)
@@ -111,30 +91,6 @@ def bench_command(
             f"{fmt(size.macs_onnx and size.macs_onnx / 1e9, '.3f')} GMACs",
             highlight=False,
         )
-
-
-def _note(line: str) -> None:
-    stderr.print(f"note: {line}", highlight=False, soft_wrap=True)
-
-
-def _export_dirs(targets: list[str], out: Path, scratch: Path, progress) -> list:
-    """One timing closure per export directory (ours against its multi-branch original)."""
-    from deployforge.bench import bench_export
-    from deployforge.workspace import Scratch, has_onnx_pair, resolve_model_dirs
-
-    needs = Scratch(scratch, ExportSettings(target=Target.ONNX, multibranch=True), has_onnx_pair)
-    dirs = resolve_model_dirs(targets, out, needs, progress, notify=_note)
-    return [functools.partial(bench_export, directory) for directory in dirs]
-
-
-def _timm_peers(targets: list[str], scratch: Path, progress) -> list:
-    """One timing closure per model (ours against timm's two exports and our multi-branch original)."""
-    from deployforge.peers import bench_timm_peer, prepare_timm_peer
-    from deployforge.registry import get_spec
-
-    specs = [get_spec(name) for name in targets]
-    peers = [prepare_timm_peer(spec, scratch / spec.name, progress=progress) for spec in specs]
-    return [functools.partial(bench_timm_peer, peer) for peer in peers]
 
 
 def _peak_table(peaks) -> Table:

@@ -29,6 +29,8 @@ FLAGS = {
     "batch": "--batch",
     "input_size": "--input-size",
     "multibranch": "--multibranch",
+    "num_classes": "--num-classes",
+    "images": "--images",
     "weights": "--weights",
     "out": "--out",
     "threads": "--threads",

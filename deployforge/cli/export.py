@@ -54,6 +54,20 @@ def export_command(
         int | None,
         typer.Option(help=f"Square input side, {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} (default: the model's)."),
     ] = None,
+    num_classes: Annotated[
+        int | None,
+        typer.Option(
+            help="Classifier outputs (default: the checkpoint's, read from its classifier's shapes, else the "
+            "model's 1000).",
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder of photos (JPEG, PNG, ...) to prove every stage and artifact on instead of drawn inputs: "
+            "resized and centre-cropped to the input size, normalized as the model expects; the manifest lists them.",
+        ),
+    ] = None,
     multibranch: Annotated[
         bool,
         typer.Option(
@@ -70,21 +84,36 @@ def export_command(
     MODEL.multibranch.onnx). A model whose stages breach a tolerance writes nothing; the others are still exported, and
     the command exits 1.
     """
-    settings = ExportSettings(to, precision, opset, parse_batch(batch), input_size, multibranch)
+    batch_size = parse_batch(batch)
+    ExportSettings(to, precision, opset, batch_size, input_size, multibranch)  # every setting checked first
     if weights is not None and len(models) > 1:
         raise DeployforgeError("--weights is one checkpoint for one model; export the models one at a time")
-    from deployforge.registry import get_spec
+    from deployforge import api
 
-    specs = [get_spec(name) for name in dict.fromkeys(models)]  # every name checked before any export
+    specs = [api.resolve_model(name) for name in dict.fromkeys(models)]  # every name checked before any export
     quiet_converters()
-    from deployforge import pipeline
 
-    from .render import export_json, runtime_warnings, size_line, stage_notes, waterfall_table
+    from .render import classes_line, export_json, runtime_warnings, size_line, stage_notes, waterfall_table
 
     reports = []
     for spec in specs:
         with progress_status(not as_json) as progress:
-            report = pipeline.export(spec, settings, out=out, weights=weights, progress=progress)
+            report = api.export(
+                spec,
+                to=to,
+                out=out,
+                weights=weights,
+                num_classes=num_classes,
+                precision=precision,
+                opset=opset,
+                batch=batch_size,
+                input_size=input_size,
+                multibranch=multibranch,
+                images=images,
+                progress=progress,
+            )
+        for line in report.notes:
+            stderr.print(f"warning: {line}", highlight=False, soft_wrap=True)
         reports.append(report)
         for line in runtime_warnings(report):
             stderr.print(f"warning: {line}", highlight=False, soft_wrap=True)
@@ -92,6 +121,8 @@ def export_command(
             stdout.print(waterfall_table(report, f"{spec.name}: parity against the multi-branch original"))
             stdout.print("\n".join(stage_notes(report)), highlight=False)
             stdout.print(size_line(report.manifest.size), highlight=False)
+            if classes_line(report):
+                stdout.print(classes_line(report), highlight=False)
         if not report.ok:
             typer.echo(f"error: {spec.name}: parity breached, nothing written: {'; '.join(report.breaches)}", err=True)
         elif not as_json:

@@ -51,6 +51,9 @@ def _notes(row: StageRecord) -> dict[str, Any]:
     graph = shown.pop("runtime_graph", None)
     if graph is not None:
         shown["onnxruntime"] = f"{graph.nodes} nodes, {sum(graph.fused.values())} fused, {graph.reorders} reorders"
+    for name in ("foreign_merged", "bns_folded_after"):  # only models from outside the registry have any
+        if shown.get(name) == 0:
+            shown.pop(name)
     shown["file"], shown["error"] = row.file, row.error
     return {k: getattr(v, "value", v) for k, v in shown.items() if v not in (None, "")}
 
@@ -77,6 +80,14 @@ def runtime_warnings(report: Report) -> list[str]:
     ]
 
 
+def classes_line(report: Report) -> str | None:
+    """The class count and where it comes from, when it is not the architecture's ImageNet-1k default."""
+    output = report.manifest.output if report.manifest else None
+    if output is None or (output.classes == 1000 and output.classes_source == "architecture"):
+        return None
+    return f"classes: {output.classes} ({output.classes_source})"
+
+
 def size_line(size: SizeReport) -> str:
     """Params and MACs of an export in one line."""
     return (
@@ -94,6 +105,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "directory": str(report.directory) if report.directory else None,
         "breaches": report.breaches,
         "stages": _ROWS.dump_python(list(report.stages), mode="json"),
+        "notes": report.notes,
     }
 
 

@@ -27,32 +27,29 @@ def verify_command(
         ),
     ] = None,
 ) -> None:
-    """Recompute artifact hashes, re-run the original and every stage, run each ONNX file with onnxruntime.
+    """Recompute artifact hashes and run every artifact against the golden vectors (reference.npz).
 
-    Checks each .mlpackage loads with the expected input and output. Exit 1 if anything changed or is
-    over tolerance. With --locate, searches one export layer by layer instead; exit 1 if a layer departs.
+    Each ONNX file runs in onnxruntime and each .mlpackage in the Core ML interpreter, on the inputs stored at
+    export. Where torch is installed and the original can be rebuilt, it is checked against the stored outputs and
+    every stage re-runs; elsewhere a note says why not. Exit 1 if anything changed or is over tolerance. With
+    --locate, searches one export layer by layer instead; exit 1 if a layer departs.
     """
-    from deployforge.workspace import resolve_model_dirs
+    from deployforge import api
 
     if locate is not None:
         _locate(locate, targets or [], out, as_json)
         return
-    dirs = resolve_model_dirs(targets or [], out)
     quiet_converters()
-    from deployforge.verify import verify_directory
-
     from .render import report_json, stage_notes, waterfall_table
 
-    reports = []
     with progress_status(not as_json) as progress:
-        for directory in dirs:
-            reports.append(verify_directory(directory, progress))
+        reports = api.verify(targets or [], out=out, progress=progress).reports
     if as_json:
         print_json([report_json(r) for r in reports])
     else:
         for report in reports:
             stdout.print(waterfall_table(report, f"{report.model} ({report.directory})"))
-            stdout.print("\n".join(stage_notes(report)), highlight=False)
+            stdout.print("\n".join(stage_notes(report) + [f"  note: {line}" for line in report.notes]), highlight=False)
             verdict = "[green]verified[/]" if report.ok else f"[red]FAILED[/]: {'; '.join(report.breaches)}"
             stdout.print(f"{report.model}: {verdict}", highlight=False)
     failed = [r.model for r in reports if not r.ok]
@@ -63,25 +60,16 @@ def verify_command(
 
 def _locate(target: str, targets: list[str], out: Path, as_json: bool) -> None:
     """``verify --locate``: one export's per-layer search, a table per artifact (or JSON); exit 1 on a departure."""
+    from deployforge import api
     from deployforge.errors import DeployforgeError
-    from deployforge.workspace import resolve_model_dirs
 
     if targets:
         raise DeployforgeError(f"--locate searches one export; drop the other targets ({' '.join(targets)})")
-    dirs = resolve_model_dirs([target], out)
-    if len(dirs) > 1:
-        names = ", ".join(d.name for d in dirs)
-        raise DeployforgeError(f"--locate searches one export; {target} holds {len(dirs)} ({names}): name one")
     quiet_converters()
-    from deployforge.locate import locate_directory
-
     from .render import locate_json, locate_table, locate_verdict
 
     with progress_status(not as_json) as progress:
-        report = locate_directory(dirs[0], progress)
-    if not report.searched and not report.departures:
-        reasons = "; ".join(f"{loc.file}: {loc.unavailable}" for loc in report.locations)
-        raise DeployforgeError(f"nothing in {dirs[0]} can be searched layer by layer here ({reasons})")
+        report = api.locate(target, out=out, progress=progress)
     if as_json:
         print_json(locate_json(report))
     else:

@@ -17,12 +17,15 @@ class MergeCount:
         norms: BatchNorms folded forward into the linear layer that reads them.
         tables: learned tables gathered once into the constant the inference form reads (EfficientFormer's
             attention bias, indexed by token offset).
+        foreign: modules from outside these blocks put in their inference form through timm's conventions (their
+            own ``reparameterize()``, ``fuse()`` or ``switch_to_deploy()``, which report no counts of their own).
     """
 
     branches: int = 0
     layer_scales: int = 0
     norms: int = 0
     tables: int = 0
+    foreign: int = 0
 
     def __add__(self, other: MergeCount) -> MergeCount:
         return MergeCount(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))

@@ -698,6 +698,23 @@ class BenchRow:
         }
 
 
+@dataclass
+class BenchReport:
+    """Result of a bench run.
+
+    Attributes:
+        rows: per model, thread count and baseline, in run order.
+        peaks: the FP32 GEMM peak per thread count, when measured.
+        warnings: what may distort the figures (more threads than cores).
+        notes: what the run did on its own (an export built in a scratch directory, and why).
+    """
+
+    rows: list[BenchRow] = field(default_factory=list)
+    peaks: list[Peak] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
 def onnx_pair(directory: Path) -> tuple[Manifest, Path, Path]:
     """The manifest, multi-branch ONNX and deployed ONNX of an export directory.
 

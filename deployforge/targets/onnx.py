@@ -13,14 +13,18 @@ import functools
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
 from deployforge.options import DEFAULT_OPSET, Capture
-from deployforge.trace import Traced
+
+if TYPE_CHECKING:  # torch loads where a graph is exported; running or inspecting an ONNX file needs no torch
+    import torch
+
+    from deployforge.trace import Traced
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 BATCH_DIM = "batch"
@@ -88,6 +92,8 @@ def runtime_translations(opset: int) -> dict[Callable, Callable]:
     Returns:
         aten op -> onnxscript function, only for ops whose default form onnxruntime does not fully optimize.
     """
+    import torch
+
     table = {}
     if opset < GELU_OPSET:
         table[torch.ops.aten.gelu.default] = _gelu_fusable
@@ -189,6 +195,8 @@ def _convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 
 def _to_proto(traced: Traced, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    import torch
+
     if traced.capture is Capture.TORCH_EXPORT:
         written = max(opset, TORCHLIB_OPSET)
         program = torch.onnx.export(

@@ -7,14 +7,16 @@ outputs, shapes, model type); its numbers are not run.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from deployforge.options import Capture, Precision
 from deployforge.report import CoreMLDetails, PackageSpec
-from deployforge.trace import capture
+
+if TYPE_CHECKING:  # torch loads where a package is converted; describing one needs no torch
+    import torch
+    from torch import nn
 
 from .onnx import INPUT_NAME, OUTPUT_NAME
 
@@ -36,6 +38,8 @@ def export_coreml(
         What was done: capture method (and why it fell back), precision, deployment target, input shape.
     """
     import coremltools as ct
+
+    from deployforge.trace import capture
 
     traced = capture(model, example, dynamic_batch=False)
     program = traced.program
