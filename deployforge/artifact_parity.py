@@ -49,7 +49,7 @@ def parity_batch(
 ) -> tuple[Batch, np.ndarray]:
     """The Core ML parity images and the original's logits on them.
 
-    ``POOL_IMAGES`` image-like 8-bit images (:func:`deployforge.condition.calibration_pixels`, normalized as the
+    ``POOL_IMAGES`` image-like 16-bit images (:func:`deployforge.condition.calibration_pixels`, normalized as the
     model expects) go through the original; the ``PARITY_IMAGES`` whose top-1 logit leads the second by the most,
     in units of that image's logit spread, are kept in their drawn order.
 
@@ -67,7 +67,7 @@ def parity_batch(
     from .condition import calibration_pixels
     from .pipeline import logits
 
-    pool = Batch.of_pixels(calibration_pixels(POOL_IMAGES, input_size, seed=PARITY_IMAGES_SEED).numpy(), mean, std)
+    pool = Batch.of_pixels(calibration_pixels(POOL_IMAGES, input_size, seed=PARITY_IMAGES_SEED), mean, std)
     reference = logits(original, torch.from_numpy(pool.inputs)).reshape(POOL_IMAGES, -1)
     top2 = np.sort(reference, axis=1)[:, -2:]
     margin = (top2[:, 1] - top2[:, 0]) / np.maximum(reference.std(axis=1), 1e-30)

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,13 +98,13 @@ def calibration_images(
     return (image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def calibration_pixels(count: int, size: int, seed: int = CALIBRATION_SEED) -> torch.Tensor:
-    """The images of :func:`calibration_images` before normalization, as 8-bit pixels: ``uint8 (count, 3, S, S)``.
+def calibration_pixels(count: int, size: int, seed: int = CALIBRATION_SEED) -> np.ndarray:
+    """The images of :func:`calibration_images` before normalization, as 16-bit pixels: ``uint16 (count, 3, S, S)``.
 
     Stored as a photo is, they can be written beside an export compactly and normalized again, bit for bit, by
     :func:`deployforge.golden.normalize` on a machine without torch.
     """
-    return (_images01(count, size, seed) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return np.clip(np.round(_images01(count, size, seed).numpy() * 65535.0), 0, 65535).astype(np.uint16)
 
 
 def _images01(count: int, size: int, seed: int) -> torch.Tensor:

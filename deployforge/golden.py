@@ -4,9 +4,11 @@
 Core ML interpreter alone: no torch, no registry, no weights file. The machine a model is deployed to can check its
 artifacts this way. Where the original can be rebuilt, ``verify`` also checks that it still computes these outputs.
 
-Image-like inputs (the Core ML parity images, photos given with ``--images``) are stored as the 8-bit pixels they
-were normalized from, a quarter of their float32 size; :func:`normalize` turns them into the model's inputs, the
-same float32 operations in the same order at export and at verification, so the inputs are equal bit for bit.
+Image-like inputs are stored as the pixels they were normalized from: photos given with ``--images`` as their 8-bit
+pixels (a quarter of their float32 size), the drawn Core ML parity images as 16-bit ones (half; at 8 bits their
+quantization noise alone moved MobileOne-S0's FP16 error from 5.8e-3 to 1.1e-2, so they keep 16). :func:`normalize`
+turns them into the model's inputs, the same float32 operations in the same order at export and at verification,
+so the inputs are equal bit for bit.
 Normal-noise inputs are stored as they are.
 
 The file is one of the export's artifacts: the manifest holds its sha256, so a changed vector fails ``verify``.
@@ -27,14 +29,14 @@ GOLDEN = "reference.npz"
 
 
 def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """8-bit images ``(N, 3, H, W)`` scaled to [0, 1] and normalized per channel, as float32.
+    """Integer images ``(N, 3, H, W)`` scaled to [0, 1] (by their type's largest value) and normalized, as float32.
 
     Args:
-        pixels: ``uint8`` images, channels first.
+        pixels: ``uint8`` or ``uint16`` images, channels first.
         mean: per-channel mean (of the [0, 1] scale).
         std: per-channel std.
     """
-    scaled = pixels.astype(np.float32) / np.float32(255.0)
+    scaled = pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
     mean32 = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
     std32 = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
     return (scaled - mean32) / std32
@@ -46,7 +48,7 @@ class Batch:
 
     Attributes:
         inputs: float32 ``(N, 3, H, W)``.
-        pixels: uint8 ``(N, 3, H, W)`` with ``normalize(pixels) == inputs``, or ``None`` (normal noise).
+        pixels: uint8 or uint16 ``(N, 3, H, W)`` with ``normalize(pixels) == inputs``, or ``None`` (normal noise).
     """
 
     inputs: np.ndarray
@@ -54,7 +56,7 @@ class Batch:
 
     @classmethod
     def of_pixels(cls, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Batch:
-        """The batch of 8-bit images ``pixels``, normalized with ``mean`` and ``std``."""
+        """The batch of integer images ``pixels``, normalized with ``mean`` and ``std``."""
         return cls(normalize(pixels, mean, std), pixels)
 
     def __len__(self) -> int:

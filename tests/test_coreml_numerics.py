@@ -38,7 +38,7 @@ def test_fp32_and_fp16_packages_are_interpreted_within_tolerance(name, input_sid
     fused, _ = fuse_batchnorm(original, parity_inputs(side, 2))
     merged, _ = reparameterize(fused)
     images, reference = parity_batch(original, side, spec.mean, spec.std)
-    assert images.inputs.shape == (PARITY_IMAGES, 3, side, side) and images.pixels.dtype == np.uint8
+    assert images.inputs.shape == (PARITY_IMAGES, 3, side, side) and images.pixels.dtype == np.uint16
 
     for precision in (Precision.FP32, Precision.FP16):
         path = tmp_path / f"{name}.{precision.value}.mlpackage"

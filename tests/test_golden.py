@@ -86,7 +86,7 @@ def test_the_golden_file_holds_what_export_compared(exported):
     golden = read_golden(exported, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert golden.batch.inputs.shape == (8, 3, 64, 64) and golden.batch.pixels is None  # N(0, 1) stays float32
     assert golden.outputs.shape == (8, 1000)
-    assert golden.images.pixels.dtype == np.uint8 and golden.images.inputs.shape == (32, 3, 64, 64)
+    assert golden.images.pixels.dtype == np.uint16 and golden.images.inputs.shape == (32, 3, 64, 64)
     assert golden.image_outputs.shape == (32, 1000)
     manifest = json.loads((exported / "manifest.json").read_text())
     assert manifest["artifacts"][GOLDEN] == artifact_digest(exported / GOLDEN)
