@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .locate import LocateReport
     from .registry import ModelSpec
     from .report import Report, Verification
+    from .runtime_bench import RuntimeBenchReport
 
 Progress = Callable[[str], None]
 DEFAULT_OUT = Path("deployforge-out")
@@ -156,6 +157,8 @@ def export(
     batch: int | None = None,
     input_size: int | None = None,
     multibranch: bool = False,
+    allow_partial: bool = False,
+    rewrites: Sequence[str] = (),
     input_shape: Sequence[int] | None = None,
     example_input: torch.Tensor | None = None,
     name: str | None = None,
@@ -168,7 +171,8 @@ def export(
         model: a registered name (``"fastvit_t8"``), a timm model (``"timm:repvit_m0_9"``, random weights
             stressed as the registry's are, or ``weights`` in timm's key names), or any ``torch.nn.Module`` with
             ``input_shape`` or ``example_input`` (exported with its own weights).
-        to: ``onnx``, ``coreml`` or ``all``.
+        to: a registered target (``onnx``, ``coreml``, ``executorch``, ``litert``, ``ncnn``, ``ort``), ``all``
+            (ONNX and Core ML), or a comma-separated list.
         out: output root.
         weights: a checkpoint for a registered model (``.pth`` or ``.safetensors``); its classifier may have another
             class count (a fine-tuned model), read from its shapes.
@@ -178,6 +182,8 @@ def export(
         batch: a fixed batch size, or ``None`` for a dynamic batch.
         input_size: square input side (default: the model's).
         multibranch: also write the multi-branch ONNX (the baseline ``bench`` times against).
+        allow_partial: ExecuTorch: accept a graph XNNPACK does not delegate whole.
+        rewrites: exact graph rewrites offered by the chosen targets (each target's ``rewrites``).
         input_shape: a module's input shape ``(N, 3, H, H)``.
         example_input: a module's example input (instead of ``input_shape``).
         name: a module's export name (default: its class name in snake case).
@@ -198,7 +204,7 @@ def export(
         raise InvalidSetting("weights", "a module is exported with its own weights; load the checkpoint into it first")
     if spec.origin == "module" and input_size not in (None, spec.input_size):
         raise InvalidSetting("input_size", f"the module's input side is {spec.input_size} (its input_shape)")
-    settings = ExportSettings(to, precision, opset, batch, input_size, multibranch)
+    settings = ExportSettings(to, precision, opset, batch, input_size, multibranch, allow_partial, tuple(rewrites))
     return pipeline.export(
         spec,
         settings,
@@ -271,6 +277,8 @@ def bench(
     against: str | Against = Against.MULTI_BRANCH,
     protocol: TimingProtocol | None = None,
     peak: bool = False,
+    runtimes: Sequence[str] = (),
+    profile: bool = False,
     out: str | Path = DEFAULT_OUT,
     progress: Progress = _quiet,
     notify: Progress = _quiet,
@@ -285,6 +293,11 @@ def bench(
             model names only).
         protocol: warm-up, run count and minimum time (its ``threads`` is replaced by each of ``threads``).
         peak: also measure the FP32 GEMM peak at each thread count (with no target and no export, only the peak).
+        runtimes: time the artifacts of these runtimes (``onnxruntime``, ``executorch``, ``litert``, ``ncnn``)
+            side by side instead, interleaved, with the ratio of each to onnxruntime (``report.runtimes``); a model
+            name is exported to a scratch directory with every target they need.
+        profile: with ``runtimes``, also run each runtime's own profiler where it has one (ExecuTorch's ETDump)
+            and list its slow paths in ``report.runtimes.findings``.
         out: the output root ``export`` wrote to.
         progress: called as each step starts.
         notify: told, one line each, of warnings (more threads than cores) and notes (an export made in scratch).
@@ -316,6 +329,11 @@ def bench(
         warning = benchmark.thread_warning(each.threads)
         if warning:
             tell("warning", warning)
+    if runtimes:
+        if baseline is not Against.MULTI_BRANCH or peak:
+            raise InvalidSetting("runtimes", "runtimes are timed against onnxruntime alone; drop --against and --peak")
+        report.runtimes = _bench_runtimes(names, list(runtimes), protocols, profile, Path(out), progress, tell)
+        return report
     peak_only = peak and not names and not find_model_dirs(Path(out))
     if peak_only:
         tell("note", f"no exports under {out}; measuring the FP32 GEMM peak only")
@@ -331,6 +349,34 @@ def bench(
             progress(f"measuring the FP32 GEMM peak at {each.threads} thread(s)")
             report.peaks.append(benchmark.measure_peak(each))
         report.rows = [row for time_it in timed for row in time_it(protocols, progress, report.peaks)]
+    return report
+
+
+def _bench_runtimes(
+    names: list[str],
+    runtimes: list[str],
+    protocols: list[TimingProtocol],
+    profile: bool,
+    out: Path,
+    progress: Progress,
+    tell: Callable[[str, str], None],
+) -> RuntimeBenchReport:
+    """Every export's artifacts timed on ``runtimes``, interleaved (:mod:`deployforge.runtime_bench`)."""
+    from .runtime_bench import RuntimeBenchReport, bench_runtimes, has_artifacts, profile_export, targets_for
+    from .workspace import Scratch, resolve_model_dirs
+
+    targets = targets_for(runtimes)
+    for target in targets:
+        target.require()
+    wanted = ",".join(dict.fromkeys(["onnx", *(t.name for t in targets)]))
+    with tempfile.TemporaryDirectory(prefix="deployforge-bench-") as scratch:
+        needs = Scratch(Path(scratch), ExportSettings(target=wanted), has_artifacts(runtimes), f"{wanted} artifacts")
+        directories = resolve_model_dirs(names, out, needs, progress, notify=lambda line: tell("note", line))
+        report = RuntimeBenchReport()
+        for directory in directories:
+            report.rows += bench_runtimes(directory, runtimes, protocols, progress)
+            if profile:
+                report.findings += profile_export(directory, runtimes, progress)
     return report
 
 

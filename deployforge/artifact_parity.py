@@ -26,10 +26,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import DeployforgeError
 from .golden import Batch
 from .mlprogram import MLProgramError, load_program
 from .parity import TOLERANCES, compare
-from .report import CoreMLDetails, OnnxDetails, StageRecord
+from .report import CoreMLDetails, OnnxDetails, RuntimeDetails, StageRecord
+from .targets import get_target
+from .targets.protocol import run_in_batches
 
 if TYPE_CHECKING:
     from torch import nn
@@ -169,3 +172,38 @@ def onnx_record(
     parity = compare(onnx_logits(source, inputs), reference, TOLERANCES.onnx)
     seconds = round(time.perf_counter() - started, 3)
     return StageRecord(stage, parity, details or OnnxDetails(), file=file, seconds=seconds)
+
+
+def runtime_record(path: Path, details: RuntimeDetails, inputs: np.ndarray, reference: np.ndarray) -> StageRecord:
+    """The waterfall row of an artifact of a registered target: its own runtime runs ``inputs``, one thread.
+
+    Args:
+        path: the artifact's primary file.
+        details: what the export recorded of it (its target, and the input shape fixing the batch).
+        inputs: the stage parity batch.
+        reference: the original's logits on ``inputs``.
+
+    Returns:
+        The row, timed; an artifact the runtime cannot load or run, or whose runtime is not installed, is a row
+        with an ``error`` saying why (and, for a missing runtime, what to install).
+    """
+    started = time.perf_counter()
+    target = get_target(details.target)
+    try:
+        target.require()
+        runner = target.load(path, threads=1)
+        outputs = run_in_batches(runner, inputs, details.input_shape[0])
+    except DeployforgeError as error:
+        return StageRecord(target.name, None, details, path.name, f"not run: {error}", _since(started))
+    except Exception as error:  # noqa: BLE001 - whatever the runtime raises, the artifact did not run
+        text = str(error).strip().splitlines()
+        why = f"{type(error).__name__}{': ' + text[0][:160] if text else ''}"
+        return StageRecord(
+            target.name, None, details, path.name, f"{target.runtime} cannot run it ({why})", _since(started)
+        )
+    parity = compare(outputs, reference, TOLERANCES.for_stage(target.name))
+    return StageRecord(target.name, parity, details, file=path.name, seconds=_since(started))
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 3)

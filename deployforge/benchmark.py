@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -36,6 +37,9 @@ from deployforge.options import (
     check_range,
 )
 from deployforge.parity import TOLERANCES, compare
+
+if TYPE_CHECKING:
+    from deployforge.runtime_bench import RuntimeBenchReport
 
 MIN_WARMUP_RUNS = 10
 MAX_RUNS_FACTOR = 10  # timing stops at this many times ``runs`` per model even if min_time_s is not reached
@@ -707,9 +711,12 @@ class BenchReport:
         peaks: the FP32 GEMM peak per thread count, when measured.
         warnings: what may distort the figures (more threads than cores).
         notes: what the run did on its own (an export built in a scratch directory, and why).
+        runtimes: with ``bench --runtimes``, every runtime's latency instead of ``rows``
+            (:class:`deployforge.runtime_bench.RuntimeBenchReport`).
     """
 
     rows: list[BenchRow] = field(default_factory=list)
+    runtimes: RuntimeBenchReport | None = None
     peaks: list[Peak] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

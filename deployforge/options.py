@@ -28,21 +28,47 @@ _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 class Target(str, enum.Enum):
-    """What ``export`` writes."""
+    """The targets every install has, and ``all`` (all registered ones: :data:`deployforge.targets.REGISTERED`)."""
 
     ONNX = "onnx"
     COREML = "coreml"
     ALL = "all"
 
-    @property
-    def writes_onnx(self) -> bool:
-        """Whether this target includes the ONNX artifacts."""
-        return self in (Target.ONNX, Target.ALL)
 
-    @property
-    def writes_coreml(self) -> bool:
-        """Whether this target includes the Core ML package."""
-        return self in (Target.COREML, Target.ALL)
+ALL_MEANS = (Target.ONNX.value, Target.COREML.value)  # `--to all`: the two formats every install writes
+
+
+def target_names() -> tuple[str, ...]:
+    """The registered targets' names (:data:`deployforge.targets.REGISTERED`), in registration order."""
+    from .targets import REGISTERED
+
+    return tuple(REGISTERED)
+
+
+def parse_targets(value: str | Target | Iterable[str]) -> tuple[str, ...]:
+    """The targets named by ``value``: one name, ``all`` (ONNX and Core ML) or a comma-separated list.
+
+    Returns:
+        The names in the order given, each once.
+
+    Raises:
+        InvalidSetting: an unknown or empty name.
+    """
+    text = value.value if isinstance(value, Target) else value
+    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else [str(p).strip() for p in text]
+    known = [*target_names(), Target.ALL.value]
+    found: list[str] = []
+    for part in parts:
+        part = part.value if isinstance(part, Target) else part
+        if part not in known:
+            choices = ", ".join(known)
+            raise InvalidSetting(
+                "target", f"unknown export target '{part}'; choose from {choices}, or a comma-separated list"
+            )
+        for name in ALL_MEANS if part == Target.ALL.value else (part,):
+            if name not in found:
+                found.append(name)
+    return tuple(found)
 
 
 class Precision(str, enum.Enum):
@@ -137,12 +163,25 @@ def parse_counts(text: str, setting: str, what: str) -> list[int]:
     return [int(part) for part in parts]
 
 
+def parse_names(text: str, setting: str) -> list[str]:
+    """Parse a comma-separated list of names (``onnxruntime,executorch``); the caller checks each name.
+
+    Raises:
+        InvalidSetting: an empty entry.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise InvalidSetting(setting, f"{setting} expects comma-separated names like onnxruntime,ncnn; got '{text}'")
+    return parts
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """How ``export`` runs; every field is checked when the record is made.
 
     Attributes:
-        target: the artifacts to write.
+        target: the artifacts to write: a target name, ``all`` (ONNX and Core ML), or a comma-separated list
+            (``onnx,executorch``); stored as the comma-separated names it means.
         precision: Core ML compute precision.
         opset: ONNX opset.
         batch: a fixed batch size, or ``None`` for a dynamic batch (Core ML then uses batch 1).
@@ -150,29 +189,49 @@ class ExportSettings:
         multibranch: also export the multi-branch original to ONNX (``MODEL.multibranch.onnx``), the baseline
             ``bench`` times the deployed graph against; it is not a deployment artifact, so it is written only
             when asked for (``bench`` asks for it itself when it is missing).
+        allow_partial: ExecuTorch: accept a graph XNNPACK does not delegate whole.
+        rewrites: exact graph rewrites to apply for the targets that offer them (``Target.rewrites``).
     """
 
-    target: Target = Target.ALL
+    target: str = Target.ALL.value
     precision: Precision = Precision.FP16
     opset: int = DEFAULT_OPSET
     batch: int | None = None
     input_size: int | None = None
     multibranch: bool = False
+    allow_partial: bool = False
+    rewrites: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "target", choose(Target, self.target, "target", "export target"))
+        object.__setattr__(self, "rewrites", tuple(self.rewrites))
+        object.__setattr__(self, "target", ",".join(parse_targets(self.target)))
         object.__setattr__(self, "precision", choose(Precision, self.precision, "precision", "Core ML precision"))
         check_range(self.opset, MIN_OPSET, MAX_OPSET, "opset", "ONNX opset")
         if self.batch is not None:
             check_range(self.batch, 1, MAX_BATCH, "batch", "batch size")
         if self.input_size is not None:
             check_range(self.input_size, MIN_INPUT_SIZE, MAX_INPUT_SIZE, "input_size", "input size")
-        if self.multibranch and not self.target.writes_onnx:
+        if self.multibranch and not self.writes_onnx:
             raise InvalidSetting(
                 "multibranch",
-                f"the multi-branch ONNX needs an ONNX target, and {self.target.value!r} writes no ONNX; "
+                f"the multi-branch ONNX needs an ONNX target, and {self.target!r} writes no ONNX; "
                 "use --to onnx or --to all with it",
             )
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The target names this export writes, in order."""
+        return tuple(self.target.split(","))
+
+    @property
+    def writes_onnx(self) -> bool:
+        """Whether the ONNX artifacts are written."""
+        return Target.ONNX.value in self.targets
+
+    @property
+    def writes_coreml(self) -> bool:
+        """Whether the Core ML package is written."""
+        return Target.COREML.value in self.targets
 
 
 def names(kind: Iterable[enum.Enum]) -> str:

@@ -17,6 +17,8 @@ class Tolerances:
         coreml_fp32: a Core ML package at FP32 compute precision.
         coreml_fp16: a Core ML package at FP16 compute precision.
         min_top1_fp16: the top-1 agreement an FP16 package must reach besides its rel-L2 bound.
+        runtime: the artifact of any other registered target (ExecuTorch, LiteRT, ncnn, ONNX Runtime Mobile), run
+            by its own runtime at FP32.
     """
 
     eager: float = 1e-5
@@ -24,6 +26,7 @@ class Tolerances:
     coreml_fp32: float = 1e-4
     coreml_fp16: float = 1e-2
     min_top1_fp16: float = 0.95
+    runtime: float = 1e-5
 
     def min_top1_for_stage(self, stage: str) -> float | None:
         """The top-1 agreement a stage must reach besides its rel-L2 bound (only Core ML FP16 has one)."""
@@ -35,8 +38,11 @@ class Tolerances:
         Raises:
             KeyError: an unknown stage.
         """
+        from .targets import REGISTERED
+
         eager = dict.fromkeys(("fuse", "reparameterize", "trace"), self.eager)
         return {
+            **dict.fromkeys(REGISTERED, self.runtime),
             **eager,
             "onnx": self.onnx,
             "onnxsim": self.onnx,

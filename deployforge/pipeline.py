@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch import nn
 
-from .artifact_parity import fit_batch, onnx_record
+from .artifact_parity import fit_batch, onnx_record, runtime_record
 from .audit import audit_onnx
 from .condition import condition_weights
 from .errors import DeployforgeError, InvalidSetting, StageFailed
@@ -39,7 +39,7 @@ from .manifest import (
     tool_versions,
 )
 from .measure import SizeReport, torch_macs, torch_params
-from .options import MAX_CLASSES, Capture, ExportSettings, check_range
+from .options import MAX_CLASSES, Capture, ExportSettings, Target, check_range
 from .parity import TOLERANCES, compare
 from .photos import Preprocessing, load_photos
 from .registry import DEFAULT_CLASSES, ModelSpec
@@ -51,12 +51,16 @@ from .report import (
     MergeDetails,
     OnnxDetails,
     Report,
+    RuntimeDetails,
     StageRecord,
     breaches_of,
 )
 from .staging import staged
 from .stress import stress_weights
+from .targets import get_target
 from .targets import onnx as onnx_export
+from .targets.protocol import Target as ExportTarget
+from .targets.protocol import TargetOptions
 from .trace import Traced, trace
 from .weights import checkpoint_classes, load_weights, mapped_state_dict
 
@@ -456,6 +460,59 @@ def _coreml_artifact(run: _Run, input_size: int) -> tuple[StageRecord, Batch, np
     return replace(row, seconds=_since(started)), images, reference
 
 
+BUILT_IN = (Target.ONNX.value, Target.COREML.value)  # written by the steps above; the others by their protocol
+
+
+def runtime_version(target: ExportTarget) -> str:
+    """``RUNTIME VERSION`` of the package that runs ``target``'s artifacts (its ``package``)."""
+    from importlib import metadata
+
+    try:
+        return f"{target.runtime} {metadata.version(target.package)}"
+    except metadata.PackageNotFoundError:
+        return target.runtime
+
+
+def check_targets(settings: ExportSettings) -> list[ExportTarget]:
+    """The targets ``settings`` asks for, each with its runtime installed, before anything is built.
+
+    Raises:
+        MissingExtra: a target's runtime is not installed (the message names the extra).
+        InvalidSetting: a rewrite that none of the targets offers.
+    """
+    targets = [get_target(name) for name in settings.targets]
+    for target in targets:
+        target.require()
+    offered = {rewrite for target in targets for rewrite in target.rewrites}
+    for rewrite in settings.rewrites:
+        if rewrite not in offered:
+            choices = ", ".join(sorted(offered)) or "none"
+            raise InvalidSetting(
+                "rewrites",
+                f"no target of this export offers the rewrite '{rewrite}' (offered: {choices}); drop it or add "
+                "the target that offers it",
+            )
+    return targets
+
+
+def _runtime_artifact(run: _Run, target: ExportTarget, input_size: int) -> StageRecord:
+    """Export through ``target``'s protocol at batch 1, then run the artifact on its runtime on the parity batch."""
+    settings = run.settings
+    rewrites = tuple(r for r in settings.rewrites if r in target.rewrites)
+    options = TargetOptions(settings.allow_partial, rewrites, settings.precision, settings.opset)
+    run.progress(f"export {target.name}" + (f" (rewrites: {', '.join(rewrites)})" if rewrites else ""))
+    started = time.perf_counter()
+    example = parity_inputs(input_size, count=1)
+    facts = target.export(run.stages.reparameterized, example, run.staging, run.spec.name, options)
+    primary = run.staging / target.files(run.spec.name)[0]
+    details = RuntimeDetails(
+        target.name, runtime_version(target), tuple(example.shape), facts, target.describe(primary), rewrites
+    )
+    run.progress(f"run {primary.name} with {target.runtime}")
+    row = runtime_record(primary, details, run.inputs.numpy(), run.reference)
+    return replace(row, seconds=_since(started))
+
+
 @fewer_gc_passes()
 def export(
     spec: ModelSpec,
@@ -488,6 +545,7 @@ def export(
     """
     settings = settings or ExportSettings()
     input_size = input_size_for(spec, settings.input_size)
+    targets = check_targets(settings)  # a missing runtime fails before anything is built
     out = Path(out)
     started = time.time()
     photos, notes = (), []
@@ -522,16 +580,20 @@ def export(
             reference_gmacs=spec.reference.gmacs if spec.reference else None,
         )
         golden = Golden(batch, reference)
-        if settings.target.writes_onnx:
+        if settings.writes_onnx:
             with failing_stage("onnx", spec.name):
                 onnx_rows, deployed, multi_branch = _onnx_artifacts(run)
             rows += onnx_rows
             size = size.with_onnx(deployed, multi_branch)
-        if settings.target.writes_coreml:
+        if settings.writes_coreml:
             with failing_stage("coreml", spec.name):
                 row, images, image_outputs = _coreml_artifact(run, input_size)
             rows.append(row)
             golden = replace(golden, images=images, image_outputs=image_outputs)
+        for target in targets:
+            if target.name not in BUILT_IN:
+                with failing_stage(target.name, spec.name):
+                    rows.append(_runtime_artifact(run, target, input_size))
         golden.write(stage.path / GOLDEN)
         batch_dim = settings.batch if settings.batch is not None else onnx_export.BATCH_DIM
         manifest = Manifest(

@@ -15,6 +15,7 @@ from pydantic import Field
 from .audit import GraphAudit
 from .options import Capture, Precision
 from .parity import Parity
+from .targets.protocol import ArtifactDescription
 
 if TYPE_CHECKING:
     from .manifest import Manifest
@@ -176,8 +177,30 @@ class OriginalDetails:
     kind: Literal["original"] = "original"
 
 
+@dataclass(frozen=True)
+class RuntimeDetails:
+    """An artifact of a target registered in :mod:`deployforge.targets` beyond ONNX and Core ML.
+
+    Attributes:
+        target: the target that wrote it (``executorch``).
+        runtime: the runtime that ran it (``executorch``), and its version.
+        input_shape: the fixed input shape the artifact takes.
+        facts: what the conversion reported (ops delegated, storage precision).
+        artifact: the artifact as read back from disk.
+        rewrites: the exact graph rewrites applied before conversion.
+    """
+
+    target: str
+    runtime: str
+    input_shape: tuple[int, ...]
+    facts: dict[str, str] = field(default_factory=dict)
+    artifact: ArtifactDescription | None = None
+    rewrites: tuple[str, ...] = ()
+    kind: Literal["runtime"] = "runtime"
+
+
 StageDetails = Annotated[
-    FuseDetails | MergeDetails | CaptureDetails | OnnxDetails | CoreMLDetails | OriginalDetails,
+    FuseDetails | MergeDetails | CaptureDetails | OnnxDetails | CoreMLDetails | OriginalDetails | RuntimeDetails,
     Field(discriminator="kind"),
 ]
 

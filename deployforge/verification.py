@@ -1,11 +1,11 @@
 """Re-prove an export: artifact hashes, every artifact against the golden vectors, the stages where possible.
 
-Every artifact is run on its runtime (onnxruntime, the Core ML interpreter) on the inputs stored at export
-(``reference.npz``) and compared with the original's outputs stored beside them: this needs numpy and the runtimes
-only, so an export can be verified on the machine it is deployed to. Where the original can be rebuilt (torch is
-installed, the model is a registered or timm one, its checkpoint is still at hand), it is rebuilt, checked against
-the stored outputs, and every stage (fuse, reparameterize, trace) is run again, as at export. Nothing here imports
-torch until that rebuild.
+Every artifact is run on its runtime (onnxruntime, the Core ML interpreter, ExecuTorch, LiteRT, ncnn) on the inputs
+stored at export (``reference.npz``) and compared with the original's outputs stored beside them: this needs numpy
+and the runtimes only, so an export can be verified on the machine it is deployed to. Where the original can be
+rebuilt (torch is installed, the model is a registered or timm one, its checkpoint is still at hand), it is rebuilt,
+checked against the stored outputs, and every stage (fuse, reparameterize, trace) is run again, as at export.
+Nothing here imports torch until that rebuild.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .artifact_parity import coreml_record, fit_batch, onnx_record
+from .artifact_parity import coreml_record, fit_batch, onnx_record, runtime_record
 from .errors import DeployforgeError
 from .gc_tuning import fewer_gc_passes
 from .golden import GOLDEN, Golden, read_golden
 from .manifest import Manifest, artifact_digest, read_manifest
 from .parity import TOLERANCES, compare
-from .report import CoreMLDetails, OnnxDetails, OriginalDetails, Report, StageRecord, breaches_of
+from .report import CoreMLDetails, OnnxDetails, OriginalDetails, Report, RuntimeDetails, StageRecord, breaches_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -164,6 +164,10 @@ def verify_directory(directory: Path, progress: Progress = lambda _: None) -> Re
                 continue
             row = _check_package(path, manifest, exported, golden)
         else:
-            continue
+            exported = next((r for r in manifest.stages if r.file == name), None)
+            if exported is None or not isinstance(exported.details, RuntimeDetails):
+                continue  # a companion file (ncnn's weights, an operator config): its hash is its check
+            progress(f"{model}: run {name} with {exported.details.runtime}")
+            row = runtime_record(path, exported.details, golden.batch.inputs, golden.outputs)
         rows.append(replace(row, seconds=round(row.seconds + hashing[name], 3)))  # its hash check included
     return Report(model, rows, breaches + breaches_of(rows), manifest, directory, notes)

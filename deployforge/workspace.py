@@ -42,11 +42,13 @@ class Scratch:
         directory: the scratch output root.
         settings: the export settings (input size, batch and opset are taken from an existing manifest).
         usable: whether an export directory already has what the command needs.
+        needs: what that is, for the note that an export was rebuilt.
     """
 
     directory: Path
     settings: ExportSettings
     usable: Callable[[Path], bool]
+    needs: str = "ONNX pair (deployed + multi-branch)"
 
 
 def resolve_model_dirs(
@@ -111,7 +113,7 @@ def _usable(directory: Path, scratch: Scratch | None, progress: Progress, notify
     settings = dataclasses.replace(scratch.settings, opset=used.opset, batch=used.batch, input_size=used.input_size)
     weights = manifest.weights.checkpoint()
     notify(
-        f"{manifest.model}: {directory} has no ONNX pair (deployed + multi-branch); building it in a scratch "
+        f"{manifest.model}: {directory} has no {scratch.needs}; building it in a scratch "
         "directory from the weights, input size and opset its manifest records"
     )
     spec = rebuildable_spec(manifest.model, manifest.origin, manifest.output.classes)

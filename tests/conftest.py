@@ -86,3 +86,35 @@ class _StressedZoo:
 def stressed_original():
     """``stressed_original(name)``: the session's stressed multi-branch original of a registered model."""
     return _StressedZoo()
+
+
+class _DeployedZoo:
+    """Each registered model's conditioned original (as ``export`` builds it) with its fused, reparameterized form.
+
+    Conditioned, not only stressed: a runtime's error is judged on logits of a realistic size (the stressed-only
+    MobileOne-S0 reaches 1e18, where every candidate agrees to the last bit on the few logits that dominate).
+    """
+
+    def __init__(self) -> None:
+        self._pairs: dict[str, tuple[nn.Module, nn.Module, int]] = {}
+
+    def __call__(self, name: str) -> tuple[nn.Module, nn.Module, int]:
+        if name not in self._pairs:
+            from deployforge.fuse import fuse_batchnorm
+            from deployforge.pipeline import build_original
+            from deployforge.reparam import reparameterize
+
+            spec = get_spec(name)
+            side = spec.input_size if spec.fixed_input_size else SMALL
+            original, _ = build_original(spec, None, input_size=side)
+            fused, _ = fuse_batchnorm(original, _inputs(2, side))
+            merged, _ = reparameterize(fused)
+            self._pairs[name] = (original, merged.eval(), side)
+        return self._pairs[name]
+
+
+@pytest.fixture(scope="session")
+def deployed_pair():
+    """``deployed_pair(name)``: ``(original, reparameterized, side)`` of a registered model, conditioned as
+    ``export`` conditions random weights, at the side tests use for it; the models must not be modified."""
+    return _DeployedZoo()

@@ -14,6 +14,7 @@ from deployforge.options import (
     TimingProtocol,
     names,
     parse_counts,
+    parse_names,
 )
 
 from .common import DEFAULT_OUT, fmt, handles_errors, print_json, progress_status, quiet_converters, stderr, stdout
@@ -49,6 +50,23 @@ def bench_command(
             "export under --out, only the peak is measured. --json then prints {peak: [...], rows: [...]}.",
         ),
     ] = False,
+    runtimes: Annotated[
+        str | None,
+        typer.Option(
+            help="Time the artifacts of these runtimes side by side instead, interleaved in one process: a "
+            "comma-separated list of onnxruntime, executorch, litert, ncnn (a model name is exported with every "
+            "target they need). Reports p50/p90, GFLOP/s and each runtime's latency over onnxruntime's with a 95 % "
+            "interval. x86 latencies rank runtimes on this CPU; they are not phone latencies.",
+        ),
+    ] = None,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile",
+            help="With --runtimes: also run each runtime's own profiler where it has one (ExecuTorch's ETDump) and "
+            "list where the time goes by op kind.",
+        ),
+    ] = False,
     out: Annotated[Path, typer.Option(help="Output root written by export.")] = DEFAULT_OUT,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout.")] = False,
 ) -> None:
@@ -70,10 +88,15 @@ def bench_command(
             against=against,
             protocol=base,
             peak=peak,
+            runtimes=parse_names(runtimes, "runtimes") if runtimes is not None else (),
+            profile=profile,
             out=out,
             progress=progress,
             notify=lambda line: stderr.print(line, highlight=False, soft_wrap=True),
         )
+    if report.runtimes is not None:
+        _print_runtimes(report.runtimes, as_json)
+        return
     rows, peaks = report.rows, report.peaks
     if as_json:
         results = [r.as_dict() for r in rows]
@@ -133,4 +156,49 @@ def _latency_table(rows, with_peak: bool) -> Table:
             f"{pair.speedup:.2f}× [{low:.2f}, {high:.2f}]",
             fmt(row.rel_l2, ".1e"),
         )
+    return table
+
+
+def _print_runtimes(report, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {
+                "disclaimer": report.disclaimer,
+                "rows": [row.as_dict() for row in report.rows],
+                "findings": report.findings,
+            }
+        )
+        return
+    stdout.print(_runtime_table(report.rows))
+    for line in report.findings:
+        stdout.print(f"slow path: {line}", highlight=False, soft_wrap=True)
+    stdout.print(f"note: {report.disclaimer}", highlight=False, soft_wrap=True)
+
+
+def _runtime_table(rows) -> Table:
+    """Per model and thread count: each runtime's latency and its ratio to onnxruntime's, from one interleaved run."""
+    table = Table(
+        title="CPU latency by runtime (ms, batch 1), timed interleaved; ratio = runtime p50 / onnxruntime p50",
+        title_justify="left",
+    )
+    for column in ("model", "thr", "runtime", "p50", "p90", "GFLOP/s", "ratio [95% CI]", "rel-L2 vs ORT"):
+        table.add_column(column, justify="left" if column in ("model", "runtime") else "right", no_wrap=True)
+    previous = None
+    for row in rows:
+        run = (row.model, row.stats.threads)
+        ratio = ""
+        if row.ratio is not None:
+            low, high = row.ratio_ci
+            ratio = f"{row.ratio:.2f}× [{low:.2f}, {high:.2f}]"
+        table.add_row(
+            row.model if run != previous else "",
+            str(row.stats.threads) if run != previous else "",
+            row.runtime,
+            fmt(row.stats.p50_ms, ".2f"),
+            fmt(row.stats.p90_ms, ".2f"),
+            fmt(row.stats.gflops, ".1f"),
+            ratio,
+            fmt(row.rel_l2, ".1e"),
+        )
+        previous = run
     return table

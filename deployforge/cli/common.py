@@ -38,6 +38,8 @@ FLAGS = {
     "warmup_s": "--warmup-s",
     "min_time_s": "--min-time-s",
     "against": "--against",
+    "runtimes": "--runtimes",
+    "rewrites": "--rewrite",
 }
 stderr = Console(stderr=True)
 # Piped or redirected output is not limited to rich's 80-column fallback: tables stay whole in logs.

@@ -24,6 +24,7 @@ from deployforge.options import (
     Target,
     names,
     parse_batch,
+    target_names,
 )
 
 from .common import DEFAULT_OUT, handles_errors, print_json, progress_status, quiet_converters, stderr, stdout
@@ -38,7 +39,15 @@ def export_command(
             metavar="MODEL...",
         ),
     ],
-    to: Annotated[str, typer.Option("--to", help=f"Artifacts to write: {names(Target)}.")] = Target.ALL.value,
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help=f"Artifacts to write: {'|'.join(target_names())}|all, or a comma-separated list (onnx,executorch). "
+            "'all' is ONNX + Core ML; executorch, litert and ncnn need their extras (pip install "
+            "'deployforge\\[runtimes]'); ort writes ONNX Runtime Mobile's .ort and its operator config.",
+        ),
+    ] = Target.ALL.value,
     out: Annotated[Path, typer.Option(help="Output root; artifacts go to OUT/MODEL/.")] = DEFAULT_OUT,
     weights: Annotated[
         Path | None, typer.Option(help="Checkpoint (.pth or .safetensors; timm key names accepted).")
@@ -76,16 +85,38 @@ def export_command(
             "against (bench builds it itself when it is missing).",
         ),
     ] = False,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial",
+            help="ExecuTorch: accept a graph XNNPACK does not delegate whole (the rest runs on portable kernels); "
+            "without it such an export fails, naming the ops left outside.",
+        ),
+    ] = False,
+    rewrite: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rewrite",
+            help="An exact graph rewrite a chosen target offers (repeatable), proven by the same waterfall, "
+            "e.g. split-dw7x7 for executorch (docs/runtimes.md); an unknown one is refused, listing those offered.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Fuse BatchNorm, reparameterize, trace and export each MODEL, proving parity at every stage.
 
-    Writes OUT/MODEL/MODEL.onnx (reparameterized), MODEL.mlpackage and manifest.json (with --multibranch, also
-    MODEL.multibranch.onnx). A model whose stages breach a tolerance writes nothing; the others are still exported, and
-    the command exits 1.
+    Writes OUT/MODEL/ with the artifacts, reference.npz (the golden vectors) and manifest.json.
+
+    Artifacts: MODEL.onnx (onnx), MODEL.mlpackage (coreml), MODEL.pte (executorch), MODEL.tflite (litert),
+    MODEL.ncnn.param + MODEL.ncnn.bin (ncnn), MODEL.ort + MODEL.required_operators.config (ort); each is run on
+    its own runtime against the multi-branch original.
+
+    A model whose stages breach a tolerance writes nothing; the others are still exported, and the command exits 1.
     """
     batch_size = parse_batch(batch)
-    ExportSettings(to, precision, opset, batch_size, input_size, multibranch)  # every setting checked first
+    rewrites = tuple(rewrite or ())
+    # every setting checked first
+    ExportSettings(to, precision, opset, batch_size, input_size, multibranch, allow_partial, rewrites)
     if weights is not None and len(models) > 1:
         raise DeployforgeError("--weights is one checkpoint for one model; export the models one at a time")
     from deployforge import api
@@ -109,6 +140,8 @@ def export_command(
                 batch=batch_size,
                 input_size=input_size,
                 multibranch=multibranch,
+                allow_partial=allow_partial,
+                rewrites=rewrites,
                 images=images,
                 progress=progress,
             )

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deployforge.measure import SizeReport
-from deployforge.report import CoreMLDetails, OnnxDetails, Report, StageRecord
+from deployforge.report import CoreMLDetails, OnnxDetails, Report, RuntimeDetails, StageRecord
 
 from .common import fmt
 
@@ -48,6 +48,16 @@ def _notes(row: StageRecord) -> dict[str, Any]:
     shown.pop("kind")
     if isinstance(row.details, CoreMLDetails):
         shown.pop("package")
+    if isinstance(row.details, RuntimeDetails):
+        shown.pop("target")
+        shown.pop("rewrites")
+        facts, artifact = shown.pop("facts"), shown.pop("artifact")
+        shown["input_shape"] = "x".join(map(str, row.details.input_shape))
+        if row.details.rewrites:
+            shown["rewrites"] = ", ".join(row.details.rewrites)
+        shown.update(facts)
+        if artifact is not None:
+            shown["size"] = f"{artifact.size_bytes / 1e6:.1f} MB"
     graph = shown.pop("runtime_graph", None)
     if graph is not None:
         shown["onnxruntime"] = f"{graph.nodes} nodes, {sum(graph.fused.values())} fused, {graph.reorders} reorders"

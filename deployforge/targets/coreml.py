@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # torch loads where a package is converted; describing one ne
     from torch import nn
 
 from .onnx import INPUT_NAME, OUTPUT_NAME
+from .protocol import ArtifactDescription, Runner, TargetOptions, size_on_disk
 
 DEPLOYMENT_TARGET = "iOS16"
 
@@ -83,3 +84,55 @@ def describe_package(path: Path) -> PackageSpec:
         spec_version=spec.specificationVersion,
         model_type=spec.WhichOneof("Type"),
     )
+
+
+class CoreMLTarget:
+    """An ML program package; run here by :mod:`deployforge.mlprogram` (coremltools predicts only on macOS)."""
+
+    name = "coreml"
+    runtime = "coreml-interpreter"
+    package = "coremltools"
+    extra = None
+    rewrites: tuple[str, ...] = ()
+
+    def files(self, model: str) -> tuple[str, ...]:
+        """``MODEL.mlpackage`` (a directory)."""
+        return (f"{model}.mlpackage",)
+
+    def require(self) -> None:
+        """Nothing to check: coremltools is a core dependency."""
+
+    def export(
+        self, model: nn.Module, example: torch.Tensor, directory: Path, name: str, options: TargetOptions
+    ) -> dict[str, str]:
+        """Convert ``model`` at ``options.precision``, fixed to ``example``'s shape."""
+        details = export_coreml(model, example, directory / self.files(name)[0], options.precision)
+        return {"precision": details.precision.value, "deployment target": details.deployment_target}
+
+    def load(self, path: Path, threads: int = 1) -> Runner:
+        """The package's program in the numpy interpreter (``threads`` is numpy's business: ignored)."""
+        from deployforge.mlprogram import load_program
+
+        program = load_program(path)
+        (input_name,) = program.input_names
+        (output_name,) = program.output_names
+        return lambda inputs: program.run({input_name: inputs})[output_name]
+
+    def describe(self, path: Path) -> ArtifactDescription:
+        """The package's declared inputs and outputs, and the op histogram of its main function."""
+        from collections import Counter
+
+        from deployforge.mlprogram.program import read_spec
+
+        package = describe_package(path)
+        ops = Counter(op.type for op in read_spec(path).operations)
+        return ArtifactDescription(
+            inputs=package.inputs,
+            outputs=package.outputs,
+            ops=dict(ops),
+            size_bytes=size_on_disk(path),
+            facts={"model type": package.model_type, "spec version": str(package.spec_version)},
+        )
+
+
+TARGET = CoreMLTarget()

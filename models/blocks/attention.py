@@ -37,8 +37,11 @@ class TokenSelfAttention(nn.Module):
     def attend(self, tokens: torch.Tensor) -> torch.Tensor:
         """Attention over ``tokens`` ``(B, N, C)``; returns ``(B, N, C)``."""
         b, n, c = tokens.shape
-        qkv = self.qkv(tokens).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # q, k and v are split before the heads are formed, so no tensor exceeds rank 4: ncnn has no rank-5
+        # layout, and pnnx cannot lower a (B, N, 3, heads, d) view (docs/runtimes.md)
+        q, k, v = (
+            part.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2) for part in self.qkv(tokens).chunk(3, -1)
+        )
         attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
