@@ -17,6 +17,7 @@ x86 latencies rank the runtimes on this CPU; they are not phone latencies.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -192,6 +193,9 @@ def bench_runtimes(
                 row.ratio = float(np.median(stat.samples_ms) / np.median(base))
                 row.ratio_ci = bootstrap_ratio_of_medians(stat.samples_ms, base, seed=protocol.seed)
             rows.append(row)
+        # released before the next thread count: ExecuTorch resizes its process-wide pool only with no runner alive
+        del runners, closures
+        gc.collect()
     return rows
 
 
