@@ -74,7 +74,9 @@ class OrtMobileTarget:
                 convert_onnx_models_to_ort(source, converted, [OptimizationStyle.Fixed])
             model_file, config_file = self.files(name)
             shutil.move(converted / model_file, directory / model_file)
-            shutil.move(converted / f"{name}{CONFIG_SUFFIX}", directory / config_file)
+            config = (converted / f"{name}{CONFIG_SUFFIX}").read_text()
+            # the tool names the scratch path it converted from: name the shipped file instead
+            (directory / config_file).write_text(config.replace(str(converted / model_file), model_file))
         operators = _operators_in_config(directory / config_file)
         return {
             "converter": "onnxruntime.tools.convert_onnx_models_to_ort, optimization style Fixed, no NCHWc",
