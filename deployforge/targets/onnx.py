@@ -330,6 +330,21 @@ def run_onnx(source: Path | bytes, inputs, threads: int = 1):
     return session.run(None, {name: inputs})[0]
 
 
+def session_runner(path: Path, threads: int = 1, ort_format: bool = False) -> Runner:
+    """An onnxruntime CPU session on ``path`` (``.onnx``, or ``.ort`` with ``ort_format``), as a numpy runner."""
+    import onnxruntime as ort
+
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = threads
+    # idle threads sleep instead of spinning: runtimes timed in turn each get the cores (deployforge.runtime_bench)
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if ort_format:
+        session_options.add_session_config_entry("session.load_model_format", "ORT")
+    session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return lambda inputs: session.run(None, {input_name: inputs})[0]
+
+
 class OnnxTarget:
     """The deployed ONNX graph (dynamic batch), run by onnxruntime on the CPU.
 
@@ -363,15 +378,7 @@ class OnnxTarget:
 
     def load(self, path: Path, threads: int = 1) -> Runner:
         """An onnxruntime CPU session on the file (default graph optimizations), ``threads`` intra-op threads."""
-        import onnxruntime as ort
-
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = threads
-        # idle threads sleep instead of spinning: runtimes timed in turn each get the cores (deployforge.runtime_bench)
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
-        input_name = session.get_inputs()[0].name
-        return lambda inputs: session.run(None, {input_name: inputs})[0]
+        return session_runner(path, threads)
 
     def describe(self, path: Path) -> ArtifactDescription:
         """Inputs, outputs (symbolic dimensions by name) and the node histogram of the graph file."""

@@ -86,16 +86,9 @@ class OrtMobileTarget:
 
     def load(self, path: Path, threads: int = 1) -> Runner:
         """An onnxruntime CPU session on the ``.ort`` file, ``threads`` intra-op threads."""
-        import onnxruntime as ort
+        from .onnx import session_runner
 
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = threads
-        # idle threads sleep instead of spinning: runtimes timed in turn each get the cores (deployforge.runtime_bench)
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session_options.add_session_config_entry("session.load_model_format", "ORT")
-        session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
-        input_name = session.get_inputs()[0].name
-        return lambda inputs: session.run(None, {input_name: inputs})[0]
+        return session_runner(path, threads, ort_format=True)
 
     def describe(self, path: Path) -> ArtifactDescription:
         """Inputs and outputs from a session on the file, operators from its config, size of both files."""
