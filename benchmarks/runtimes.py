@@ -119,8 +119,12 @@ def write_markdown(rows: list[dict], path: Path) -> None:
 
 
 def write_plot(rows: list[dict], path: Path) -> None:
-    """Ratio to onnxruntime per model and runtime, one panel per thread count, 95 % intervals as error bars."""
+    """Ratio to onnxruntime per model and runtime, one panel per thread count: points with 95 % intervals.
+
+    Points, not bars: on a log axis a bar's length depends on where the axis happens to start.
+    """
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,15 +142,18 @@ def write_plot(rows: list[dict], path: Path) -> None:
             ratio = [float(r["ratio"]) for r in picked]
             low = [float(r["ratio"]) - float(r["ratio_low"]) for r in picked]
             high = [float(r["ratio_high"]) - float(r["ratio"]) for r in picked]
-            positions = [i + (index - 1) * 0.27 for i in range(len(models))]
-            axis.barh(positions, ratio, height=0.27, xerr=[low, high], label=runtime, capsize=2)
-        axis.axvline(1.0, color="black", linewidth=0.8)
+            positions = [i + (index - 1) * 0.22 for i in range(len(models))]
+            axis.errorbar(ratio, positions, xerr=[low, high], fmt="o", markersize=5, capsize=3, label=runtime)
+        axis.axvline(1.0, color="black", linewidth=0.8, label="onnxruntime")
+        axis.grid(axis="x", which="both", alpha=0.3)
         axis.set_xscale("log")
         axis.set_yticks(range(len(models)), models)
         axis.invert_yaxis()
         axis.set_xlabel("latency / onnxruntime latency (log; < 1 is faster)")
         axis.set_title(f"{threads} thread(s), batch 1, x86 (not a phone)")
-        axis.legend(loc="lower right")
+        axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}×"))
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 

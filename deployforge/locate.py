@@ -39,6 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 
 import numpy as np
@@ -288,7 +289,8 @@ def onnx_module_values(
 
     A module's output is the one value computed inside its scope (from the graph input, not a constant) that
     is read outside it or is a graph output. A module with no such value (folded away) or several (it returns
-    more than one tensor, or the exporter moved nodes across its boundary) is left out.
+    more than one tensor, or the exporter moved nodes across its boundary) is left out. A node without module
+    paths in a graph that has them is placed by its neighbours (:func:`_placed_scopes`).
 
     Args:
         graph: an ONNX graph written by torch's dynamo exporter.
@@ -298,16 +300,51 @@ def onnx_module_values(
         module path → value name, in node order of the modules' first nodes.
     """
     dynamic = {i.name for i in graph.input} - {t.name for t in graph.initializer}
-    producer_scopes: dict[str, set[str]] = {}
     for node in graph.node:  # nodes are topologically sorted
-        if not any(name in dynamic for name in node.input):
-            continue
-        scopes = set(scopes_of(node))
-        for name in node.output:
-            dynamic.add(name)
-            producer_scopes[name] = scopes
-    readers = [(set(scopes_of(node)), list(node.input)) for node in graph.node]
+        if any(name in dynamic for name in node.input):
+            dynamic.update(node.output)
+    chains = _placed_scopes(graph.node, scopes_of, dynamic)
+    producer_scopes = {
+        name: set(chain)
+        for node, chain in zip(graph.node, chains, strict=True)
+        if any(name in dynamic for name in node.input)
+        for name in node.output
+    }
+    readers = [(set(chain), list(node.input)) for node, chain in zip(graph.node, chains, strict=True)]
     return _crossing_values(producer_scopes, readers, [output.name for output in graph.output])
+
+
+def _placed_scopes(
+    nodes: Iterable[onnx.NodeProto], scopes_of: Callable[[onnx.NodeProto], tuple[str, ...]], dynamic: set[str]
+) -> list[tuple[str, ...]]:
+    """Every node's module paths, outermost first; a node without them gets the paths its neighbours share.
+
+    Graph rewrites write nodes without metadata: the exporter's own optimizer turns a ``chunk`` into a bare
+    ``Split`` (onnxscript issue 2637), and a value onnxsim names anew has no scopes to borrow. Taken as it is,
+    such a node is outside every module, the whole model included: each value it reads looks like one more
+    output of every module around it, and those modules (the logits first) are left out for having several.
+    It is placed instead in the innermost module holding both the computed values it reads and the nodes
+    reading its outputs (the longest common prefix of their paths, nodes placed before it in graph order
+    counting), else in the whole model alone. A graph with no module paths at all is left without them.
+    """
+    nodes = list(nodes)
+    chains = [tuple(scopes_of(node)) for node in nodes]
+    if not any(chains):
+        return chains
+    made_by = {name: i for i, node in enumerate(nodes) for name in node.output}
+    read_by: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            read_by.setdefault(name, []).append(i)
+    for i, node in enumerate(nodes):
+        if chains[i]:
+            continue
+        around = [chains[made_by[name]] for name in node.input if name in dynamic and name in made_by]
+        around += [chains[j] for name in node.output for j in read_by.get(name, ())]
+        known = [chain for chain in around if chain]
+        shared = takewhile(lambda level: len(set(level)) == 1, zip(*known, strict=False))
+        chains[i] = tuple(level[0] for level in shared) or (ROOT,)
+    return chains
 
 
 def _crossing_values(

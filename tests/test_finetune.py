@@ -19,6 +19,8 @@ from deployforge.errors import InvalidSetting
 from deployforge.golden import read_golden
 from deployforge.registry import get_spec, list_models
 from deployforge.stress import stress_weights
+from deployforge.targets import get_target
+from deployforge.targets.protocol import run_in_batches
 
 CLASSES = 10
 OTHER_SIDE = 96  # not the published size of any family
@@ -60,6 +62,34 @@ def test_a_ten_class_checkpoint_exports_and_verifies(name, tmp_path, rel_l2):
     verified = deployforge.verify(report.directory)
     assert verified.ok, verified.reports[0].breaches
     assert verified.reports[0].stages[0].stage == "original"
+
+
+RUNTIME_TARGETS = ("onnx", "ort", "executorch", "litert", "ncnn")
+
+
+@pytest.mark.slow
+def test_a_timm_checkpoint_runs_on_every_runtime_as_timm_computes_it(tmp_path, rel_l2):
+    """timm's own FastViT-T8 (stressed statistics, 10 classes) through every runtime, judged against timm itself."""
+    pytest.importorskip("executorch")
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ncnn")
+    spec = get_spec("fastvit_t8")
+    model = fine_tuned(spec.name)
+    checkpoint = tmp_path / "fine_tuned.pth"
+    torch.save(model.state_dict(), checkpoint)
+
+    report = deployforge.export(
+        spec.name, weights=checkpoint, input_size=64, to=",".join(RUNTIME_TARGETS), out=tmp_path / "out"
+    )
+
+    assert report.ok, report.breaches
+    golden = read_golden(report.directory, spec.mean, spec.std)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(golden.batch.inputs)).numpy()
+    for name in RUNTIME_TARGETS:
+        target = get_target(name)
+        runner = target.load(report.directory / target.files(spec.name)[0], 1)
+        assert rel_l2(run_in_batches(runner, golden.batch.inputs, 1), expected) <= 1e-5, name
 
 
 def test_fixed_size_architectures_refuse_another_size(tmp_path):

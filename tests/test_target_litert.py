@@ -20,6 +20,7 @@ from deployforge.registry import get_spec, list_models  # noqa: E402
 from deployforge.targets import get_target  # noqa: E402
 from deployforge.targets.litert import TARGET  # noqa: E402
 from deployforge.targets.protocol import MissingExtra, TargetOptions, run_in_batches  # noqa: E402
+from deployforge.targets.rewrites import SPLIT_DW7X7  # noqa: E402
 
 BIG_PARAMS_M = 20.0  # as in conftest: variants above this many parameters are slow-marked
 MODELS = [
@@ -92,12 +93,15 @@ def _flip_first_weight(path: Path) -> str:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_interpreter_matches_original(name, artifacts, deployed_pair, make_inputs, rel_l2):
-    assert _error(artifacts(name), name, deployed_pair, make_inputs, rel_l2) <= FP32_BOUND
+def test_interpreter_matches_original_and_file_reads_back(
+    name, artifacts, deployed_pair, make_inputs, rel_l2, record_property
+):
+    """One test per model: conversion is most of the cost, and tests of one model spread over two xdist workers
+    would each convert it."""
+    error = _error(artifacts(name), name, deployed_pair, make_inputs, rel_l2)
+    record_property("rel_l2", f"{error:.2e}")  # the per-model table of the junit report
+    assert error <= FP32_BOUND
 
-
-@pytest.mark.parametrize("name", MODELS)
-def test_describe_reads_the_file_back(name, artifacts, deployed_pair):
     _, _, side = deployed_pair(name)
     description = TARGET.describe(artifacts(name))
     # NCHW float32 in, float32 logits out: litert-torch's NHWC layout stays inside the graph
@@ -118,6 +122,20 @@ def test_tampered_weights_break_parity(name, artifacts, deployed_pair, make_inpu
     flipped = _flip_first_weight(tampered)
     assert tampered.read_bytes() != artifacts(name).read_bytes(), flipped
     assert _error(tampered, name, deployed_pair, make_inputs, rel_l2) > TAMPERED_FLOOR, flipped
+
+
+def test_split_dw7x7_keeps_parity_and_splits_every_7x7_depthwise(
+    artifacts, deployed_pair, make_inputs, rel_l2, tmp_path
+):
+    _, merged, side = deployed_pair("fastvit_t8")
+    example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(1))
+    facts = TARGET.export(merged, example, tmp_path, "fastvit_t8", TargetOptions(rewrites=(SPLIT_DW7X7,)))
+    split = tmp_path / TARGET.files("fastvit_t8")[0]
+    assert facts[SPLIT_DW7X7] == "10 depthwise 7x7 convolutions split"
+    assert _error(split, "fastvit_t8", deployed_pair, make_inputs, rel_l2) <= FP32_BOUND
+    plain, rewritten = TARGET.describe(artifacts("fastvit_t8")).ops, TARGET.describe(split).ops
+    assert rewritten["DEPTHWISE_CONV_2D"] == plain["DEPTHWISE_CONV_2D"] + 2 * 10  # each split conv is three
+    assert rewritten["ADD"] == plain["ADD"] + 2 * 10
 
 
 def test_xnnpack_takes_every_operator_of_fastvit(artifacts):

@@ -70,10 +70,21 @@ def test_an_unknown_target_is_a_one_line_usage_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def hide_package(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
+    """Make ``package`` and every module under it fail to import, whatever this process imported before.
+
+    ``sys.modules[package] = None`` alone does not hide a submodule another test already imported:
+    ``importlib.import_module("package.sub")`` finds ``package.sub`` in ``sys.modules`` and never looks at
+    ``package`` (ExecuTorch's ``require`` imports its submodules so).
+    """
+    for name in [package, *(name for name in sys.modules if name.startswith(f"{package}."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing it now raises ImportError
+
+
 @pytest.mark.parametrize("name", list(EXTRAS))
 def test_a_missing_runtime_names_its_extra_before_anything_is_built(name, tmp_path, monkeypatch):
     module, extra = EXTRAS[name]
-    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    hide_package(monkeypatch, module)
     result = invoke("export", MODEL, "--to", f"onnx,{name}", "--out", tmp_path / "out", "--input-size", SIZE)
     assert result.exit_code == 2, result.output
     message = one_line(result.stderr)

@@ -97,8 +97,8 @@ def export_command(
         list[str] | None,
         typer.Option(
             "--rewrite",
-            help="An exact graph rewrite a chosen target offers (repeatable), proven by the same waterfall, "
-            "e.g. split-dw7x7 for executorch (docs/runtimes.md); an unknown one is refused, listing those offered.",
+            help="An exact graph rewrite a chosen target offers (repeatable), proven by the same waterfall, e.g. "
+            "split-dw7x7 for executorch and litert (docs/runtimes.md); unknown ones are refused, naming those offered.",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,

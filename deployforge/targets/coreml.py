@@ -47,15 +47,18 @@ def export_coreml(
     if traced.capture is Capture.TORCH_EXPORT:
         program = program.run_decompositions({})
     compute = ct.precision.FLOAT16 if precision is Precision.FP16 else ct.precision.FLOAT32
-    mlmodel = ct.convert(
+    # Written straight to `path`: left to itself, coremltools saves a temporary package that only the MLModel's
+    # finalizer deletes, and every conversion in a long process leaked one (up to 300 MB) into the temp dir.
+    ct.convert(
         program,
         inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape), dtype=np.float32)],
         outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
         convert_to="mlprogram",
         minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
         compute_precision=compute,
+        package_dir=str(path),
+        skip_model_load=True,  # nothing predicts through this object (Core ML predicts on macOS only)
     )
-    mlmodel.save(str(path))
     return CoreMLDetails(
         capture=traced.capture,
         fallback_reason=traced.fallback_reason,

@@ -7,16 +7,14 @@ the program as ExecuTorch's portable CPU kernels; such a partly delegated progra
 
 Before lowering, a global average pool written as ``mean`` over H and W without ``keepdim`` (every classifier
 head here) is rewritten as the ``keepdim`` mean XNNPACK delegates and a reshape: the same arithmetic, so it is
-not a named rewrite. ``split-dw7x7`` (asked for in ``rewrites``) splits each 7×7 depthwise convolution (channel
-multiplier 1) into three dilated depthwise convolutions of at most 21 taps: XNNPACK's depthwise microkernels cover
-at most 25 taps, so a 7×7 (49 taps) one runs on the generic IGEMM path, two thirds of FastViT-T8's time
-(``profile`` shows it); split, FastViT-T8 runs twice as fast.
+not a named rewrite. ``split-dw7x7`` (:mod:`deployforge.targets.rewrites`, asked for in ``rewrites``) keeps XNNPACK's
+7×7 depthwise convolutions off its generic IGEMM path, two thirds of FastViT-T8's time (``profile`` shows it);
+split, FastViT-T8 runs twice as fast.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import re
 import tempfile
@@ -31,18 +29,14 @@ import numpy as np
 from deployforge.errors import InvalidSetting
 
 from .protocol import ArtifactDescription, ExportRefused, MissingExtra, Runner, TargetOptions, size_on_disk
+from .rewrites import SPLIT_DW7X7, apply_rewrites
 
 if TYPE_CHECKING:  # torch and executorch load where a program is exported, run or read
     import torch
     from torch import nn
 
-SPLIT_DW7X7 = "split-dw7x7"
 METHOD = "forward"
 XNNPACK = "XnnpackBackend"
-
-# A 7×7 kernel's columns (offsets -3..3 around the centre), as three centred dilated rows of taps:
-# (dilation, columns). Each part is a (7, len(columns)) depthwise kernel with symmetric padding.
-_DW7X7_PARTS = ((3, (0, 3, 6)), (4, (1, 5)), (2, (2, 4)))
 
 # Events of the runtime itself, not of an op.
 _FRAME_EVENTS = {"Method::execute", "DELEGATE_CALL", "OPERATOR_CALL"}
@@ -56,84 +50,6 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-@functools.lru_cache(maxsize=1)
-def _split_module() -> type:
-    """The module that replaces a 7×7 depthwise convolution (defined on first use: torch loads lazily)."""
-    import torch
-    from torch import nn
-
-    class SplitDepthwise7x7(nn.Module):
-        """A 7×7 depthwise convolution as the sum of three dilated depthwise convolutions over its columns.
-
-        Taps ``{-3, 0, 3}`` (dilation 3), ``{-2, 2}`` (dilation 4) and ``{-1, 1}`` (dilation 2) along W, all
-        seven rows each: the same sum of products, regrouped, for any stride.
-        """
-
-        def __init__(self, conv: nn.Conv2d) -> None:
-            super().__init__()
-            weight = conv.weight.detach()
-            channels = conv.in_channels
-            self.parts = nn.ModuleList()
-            for index, (dilation, columns) in enumerate(_DW7X7_PARTS):
-                width = len(columns)
-                part = nn.Conv2d(
-                    channels,
-                    channels,
-                    (7, width),
-                    stride=conv.stride,
-                    padding=(3, dilation * (width - 1) // 2),
-                    dilation=(1, dilation),
-                    groups=channels,
-                    bias=index == 0 and conv.bias is not None,
-                )
-                with torch.no_grad():
-                    part.weight.copy_(weight[:, :, :, list(columns)])
-                    if part.bias is not None:
-                        part.bias.copy_(conv.bias.detach())
-                self.parts.append(part)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            first, second, third = (part(x) for part in self.parts)
-            return first + second + third
-
-    return SplitDepthwise7x7
-
-
-def _is_depthwise_7x7(module: nn.Module) -> bool:
-    from torch import nn
-
-    return (
-        type(module) is nn.Conv2d
-        and module.kernel_size == (7, 7)
-        and module.padding == (3, 3)
-        and module.dilation == (1, 1)
-        and module.padding_mode == "zeros"
-        and module.groups == module.in_channels == module.out_channels
-    )
-
-
-def split_depthwise_7x7(model: nn.Module) -> tuple[nn.Module, int]:
-    """The ``split-dw7x7`` rewrite: a deep copy of ``model`` with every 7×7 depthwise convolution split.
-
-    Args:
-        model: the model (not modified).
-
-    Returns:
-        The rewritten copy and the number of convolutions split.
-    """
-    import copy
-
-    rewritten = copy.deepcopy(model)
-    split = _split_module()
-    count = 0
-    for parent in list(rewritten.modules()):
-        for child_name, child in list(parent.named_children()):
-            if _is_depthwise_7x7(child):
-                setattr(parent, child_name, split(child))
-                count += 1
-    return rewritten, count
 
 
 def _keepdim_means(program: Any) -> int:
@@ -336,10 +252,8 @@ class ExecuTorchTarget:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
-        facts: dict[str, str] = {"backend": "XNNPACK, FP32"}
-        if SPLIT_DW7X7 in options.rewrites:
-            model, split = split_depthwise_7x7(model)
-            facts[SPLIT_DW7X7] = f"{split} depthwise 7x7 convolutions split"
+        model, rewritten = apply_rewrites(model, options.rewrites)
+        facts: dict[str, str] = {"backend": "XNNPACK, FP32", **rewritten}
         was_training = model.training
         model.eval()
         try:

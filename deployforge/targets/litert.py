@@ -4,7 +4,9 @@ litert-torch lowers the ``torch.export`` program through MLIR to TFLite builtin 
 (no quantization is asked for). It moves the convolutions to LiteRT's NHWC layout inside the graph and keeps the
 signature torch's: the file takes ``(B, 3, H, W)`` float32 and gives ``(B, classes)`` float32, with a
 ``TRANSPOSE`` after the input (and where the graph leaves the image layout). The interpreter applies its default
-XNNPACK delegate to the CPU graph; :meth:`LiteRTTarget.describe` says how many operators it takes.
+XNNPACK delegate to the CPU graph; :meth:`LiteRTTarget.describe` says how many operators it takes. The
+``split-dw7x7`` rewrite (:mod:`deployforge.targets.rewrites`) keeps 7×7 depthwise convolutions off XNNPACK's slow
+path here as under ExecuTorch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .protocol import ArtifactDescription, MissingExtra, Runner, TargetOptions
+from .rewrites import SPLIT_DW7X7, apply_rewrites
 
 if TYPE_CHECKING:
     import torch
@@ -88,7 +91,7 @@ class LiteRTTarget:
     runtime = "litert"
     package = "ai-edge-litert"
     extra = "litert"
-    rewrites: tuple[str, ...] = ()
+    rewrites: tuple[str, ...] = (SPLIT_DW7X7,)
 
     def files(self, model: str) -> tuple[str, ...]:
         """``MODEL.tflite``."""
@@ -120,7 +123,7 @@ class LiteRTTarget:
         """
         import litert_torch
 
-        del options  # nothing here depends on the target options
+        model, rewritten = apply_rewrites(model, options.rewrites)
         path = directory / self.files(name)[0]
         with _quiet_converter():
             converted = litert_torch.convert(model.eval(), (example.float().contiguous(),))
@@ -138,6 +141,7 @@ class LiteRTTarget:
             "converter": f"{CONVERTER} {litert_torch.__version__}",
             "operators": description.facts["operators"],
             "xnnpack delegate": description.facts["xnnpack delegate"],
+            **rewritten,
             "weights": description.facts["constant tensors"],
         }
 
