@@ -2,11 +2,11 @@
 and ncnn, at 1 and 2 threads, with each artifact's parity against the multi-branch original.
 
 For each model, at its published input size: ``deployforge.export`` to ONNX, ExecuTorch (XNNPACK, partial delegation
-accepted), LiteRT and ncnn
-(stressed, conditioned random weights; every artifact proven by the waterfall), then ``deployforge.bench`` with
-``runtimes`` times the four artifacts interleaved in one process, once per thread count. Ratios are each runtime's
-median latency over onnxruntime's from the same run; milliseconds are context only (a shared x86 machine, not a
-phone). A run resumes: models already in the CSV are kept.
+accepted), LiteRT and ncnn (stressed, conditioned random weights; every artifact proven by the waterfall), then
+``deployforge.bench`` with ``runtimes`` times the four artifacts interleaved in one process, once per thread count,
+and runs the runtimes' own profilers (ExecuTorch's ETDump). Ratios are each runtime's median latency over
+onnxruntime's from the same run; milliseconds are context only (a shared x86 machine, not a phone). A run resumes:
+models already in the CSV are kept (and only profiled if ``runtimes_profile.json`` lacks them).
 
 Usage:
     python benchmarks/runtimes.py [--models fastvit_t8,mobileone_s0] [--threads 1,2] [--runs 30] [--out DIR]
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import tempfile
 from pathlib import Path
 
 import deployforge
 from deployforge.options import TimingProtocol, parse_counts
 from deployforge.registry import list_models
-from deployforge.runtime_bench import DISCLAIMER
+from deployforge.runtime_bench import DISCLAIMER, profile_export
 
 RUNTIMES = ("onnxruntime", "executorch", "litert", "ncnn")
 TARGETS = "onnx,executorch,litert,ncnn"
@@ -43,14 +44,20 @@ def extremes() -> list[str]:
     return chosen
 
 
-def run_model(name: str, counts: list[int], protocol: TimingProtocol, scratch: Path) -> list[dict]:
-    """Export one model to every target, then time the four runtimes interleaved."""
+def run_model(name: str, counts: list[int], protocol: TimingProtocol, scratch: Path) -> tuple[list[dict], list[str]]:
+    """Export one model to every target, time the four runtimes interleaved, then run their profilers.
+
+    Returns:
+        The CSV rows, and the profilers' findings (where each runtime's time goes, by op kind).
+    """
     # most families keep a few ops outside XNNPACK (docs/runtimes.md): time them as ExecuTorch would run them
     report = deployforge.export(name, to=TARGETS, out=scratch, allow_partial=True)
     if not report.ok:
         raise SystemExit(f"{name}: export failed: {'; '.join(report.breaches)}")
     parity = {row.stage: row.parity.rel_l2 for row in report.stages if row.parity is not None}
-    bench = deployforge.bench(report.directory, runtimes=list(RUNTIMES), threads=counts, protocol=protocol)
+    bench = deployforge.bench(
+        report.directory, runtimes=list(RUNTIMES), threads=counts, protocol=protocol, profile=True
+    )
     manifest = report.manifest
     rows = []
     for row in bench.runtimes.rows:
@@ -72,11 +79,20 @@ def run_model(name: str, counts: list[int], protocol: TimingProtocol, scratch: P
                 "parity_rel_l2": parity.get(STAGE_OF[row.runtime]),
             }
         )
-    return rows
+    return rows, list(bench.runtimes.findings)
 
 
-def write_markdown(rows: list[dict], path: Path) -> None:
-    """The latency table (p50 and ratio to onnxruntime per runtime and thread count) and the parity table."""
+def profile_model(name: str, scratch: Path) -> list[str]:
+    """The profilers' findings alone, for a model timed by an earlier run (ExecuTorch is the one with a profiler)."""
+    report = deployforge.export(name, to="executorch", out=scratch, allow_partial=True)
+    if not report.ok:
+        raise SystemExit(f"{name}: export failed: {'; '.join(report.breaches)}")
+    return profile_export(report.directory, RUNTIMES)
+
+
+def write_markdown(rows: list[dict], findings: dict[str, list[str]], path: Path) -> None:
+    """The latency table (p50 and ratio to onnxruntime per runtime and thread count), the parity table and the
+    profilers' findings per model."""
     models = list(dict.fromkeys(r["model"] for r in rows))
     counts = sorted({int(r["threads"]) for r in rows})
     at = {(r["model"], int(r["threads"]), r["runtime"]): r for r in rows}
@@ -115,6 +131,8 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         row = at[(model, counts[0], RUNTIMES[0])]
         cells = [f"{float(at[(model, counts[0], r)]['parity_rel_l2']):.2e}" for r in RUNTIMES]
         lines.append(f"| {model} | {row['input']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Where the time goes, by the runtimes' own profilers (1 thread)", ""]
+    lines += [f"- {line}" for model in models for line in findings.get(model, [])]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -172,19 +190,27 @@ def main() -> None:
     protocol = TimingProtocol(runs=args.runs, min_time_s=args.min_time_s, warmup_s=args.warmup_s)
     args.out.mkdir(parents=True, exist_ok=True)
     table = args.out / "runtimes.csv"
+    profiles = args.out / "runtimes_profile.json"
     rows = list(csv.DictReader(table.open())) if table.exists() else []
+    findings: dict[str, list[str]] = json.loads(profiles.read_text()) if profiles.exists() else {}
     done = {r["model"] for r in rows}
     for name in models:
-        if name in done:
+        if name in done and name in findings:
             continue
-        print(f"{name}: export and time", flush=True)
         with tempfile.TemporaryDirectory(prefix="deployforge-runtimes-") as scratch:
-            rows += run_model(name, counts, protocol, Path(scratch))
+            if name in done:
+                print(f"{name}: profile", flush=True)
+                findings[name] = profile_model(name, Path(scratch))
+            else:
+                print(f"{name}: export, time and profile", flush=True)
+                new_rows, findings[name] = run_model(name, counts, protocol, Path(scratch))
+                rows += new_rows
         with table.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-        write_markdown(rows, args.out / "runtimes.md")
+        profiles.write_text(json.dumps(findings, indent=1) + "\n")
+        write_markdown(rows, findings, args.out / "runtimes.md")
         write_plot(rows, args.out / "runtimes.png")
 
 
