@@ -1,7 +1,13 @@
-"""Interleaved p50 of FastViT-T8 (256 px) on LiteRT, plain against split-dw7x7, 1 thread.
+"""FastViT-T8 on LiteRT at its published size, plain against ``split-dw7x7``, timed interleaved at 1 thread.
 
-Usage: python benchmarks/litert_split_dw7x7.py
+Both files come from ``deployforge.export`` (so each is proven by the waterfall); timing is deployforge's own
+interleaved protocol, and the ratio carries its bootstrap 95 % interval.
+
+Usage:
+    python benchmarks/litert_split_dw7x7.py
 """
+
+from __future__ import annotations
 
 import statistics
 import tempfile
@@ -9,42 +15,45 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from deployforge.fuse import fuse_batchnorm
-from deployforge.pipeline import build_original
-from deployforge.registry import get_spec
-from deployforge.reparam import reparameterize
+import deployforge
+from deployforge.benchmark import _time_interleaved, _warmup, bootstrap_ratio_of_medians
+from deployforge.options import TimingProtocol
 from deployforge.targets.litert import TARGET
-from deployforge.targets.protocol import TargetOptions
+from deployforge.targets.rewrites import SPLIT_DW7X7
 
-spec = get_spec("fastvit_t8")
-original, _ = build_original(spec, None, input_size=256)
-x = torch.randn(2, 3, 256, 256)
-merged, _ = reparameterize(fuse_batchnorm(original, x)[0])
-merged.eval()
-root = Path(tempfile.mkdtemp())
-paths = {}
-for label, rewrites in (("plain", ()), ("split", ("split-dw7x7",))):
-    d = root / label
-    d.mkdir()
-    TARGET.export(merged, x[:1], d, "m", TargetOptions(rewrites=rewrites))
-    paths[label] = d / "m.tflite"
-runners = {k: TARGET.load(p, 1) for k, p in paths.items()}
-inp = x[:1].numpy()
-with torch.no_grad():
-    ref = original(x[:1]).numpy()
-for k, r in runners.items():
-    out = r(inp)
-    print(k, "rel-L2", float(np.linalg.norm(out - ref) / np.linalg.norm(ref)))
-times = {k: [] for k in runners}
-for r in runners.values():
-    for _ in range(5):
-        r(inp)
-for _ in range(40):
-    for k, r in runners.items():
-        t = time.perf_counter()
-        r(inp)
-        times[k].append(time.perf_counter() - t)
-med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-print({k: round(v, 2) for k, v in med.items()}, "speedup", round(med["plain"] / med["split"], 2))
+MODEL = "fastvit_t8"
+PROTOCOL = TimingProtocol(runs=40, min_time_s=2.0, warmup_s=0.5)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="deployforge-split-") as scratch:
+        runners, errors = [], []
+        for label, rewrites in (("plain", ()), ("split", (SPLIT_DW7X7,))):
+            report = deployforge.export(MODEL, to="litert", rewrites=rewrites, out=Path(scratch) / label)
+            if not report.ok:
+                raise SystemExit(f"{label}: {'; '.join(report.breaches)}")
+            errors.append(next(row.parity.rel_l2 for row in report.stages if row.stage == TARGET.name))
+            side = report.manifest.input.shape[-1]
+            run = TARGET.load(report.directory / TARGET.files(MODEL)[0], PROTOCOL.threads)
+            image = np.random.default_rng(0).standard_normal((1, 3, side, side)).astype(np.float32)
+            runners.append(lambda run=run, image=image: _timed(run, image))
+        for timed in runners:
+            _warmup(timed, PROTOCOL.warmup_s)
+        plain, split = _time_interleaved(runners, PROTOCOL.runs, PROTOCOL.min_time_s)
+    low, high = bootstrap_ratio_of_medians(plain, split)
+    print(f"{MODEL} {side} px, LiteRT, 1 thread, {len(plain)} interleaved rounds")
+    print(f"plain p50 {statistics.median(plain):.2f} ms (rel-L2 {errors[0]:.2e})")
+    print(f"split p50 {statistics.median(split):.2f} ms (rel-L2 {errors[1]:.2e})")
+    print(f"speed-up {statistics.median(plain) / statistics.median(split):.2f}x [{low:.2f}, {high:.2f}]")
+
+
+def _timed(run, image: np.ndarray) -> float:
+    """One inference's latency in milliseconds."""
+    start = time.perf_counter()
+    run(image)
+    return (time.perf_counter() - start) * 1e3
+
+
+if __name__ == "__main__":
+    main()
