@@ -15,7 +15,7 @@ from torch import nn
 
 from deployforge.errors import InvalidSetting
 from deployforge.registry import list_models
-from deployforge.targets.executorch import TARGET
+from deployforge.targets.executorch import TARGET, _two_pass_group_norm
 from deployforge.targets.protocol import ExportRefused, MissingExtra, TargetOptions, run_in_batches
 from deployforge.targets.rewrites import SPLIT_DW7X7, split_depthwise_7x7
 
@@ -206,3 +206,59 @@ def test_threads_size_the_runtime_threadpool_while_no_runner_holds_it(exported, 
     one = TARGET.load(path, threads=1)
     assert portable_lib._threadpool_get_thread_count() == 1
     assert one(inputs).shape == (1, 1000)
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups", "affine"), [((2, 8, 5, 7), 1, True), ((2, 8, 6), 4, True), ((1, 6, 3, 3), 3, False)]
+)
+def test_two_pass_group_norm_computes_group_norm(shape, groups, affine, rel_l2):
+    generator = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=generator) * 3 + 2
+    weight = torch.rand(shape[1], generator=generator) + 0.5 if affine else None
+    bias = torch.randn(shape[1], generator=generator) if affine else None
+    expected = nn.functional.group_norm(x, groups, weight, bias, eps=1e-5)
+    assert rel_l2(_two_pass_group_norm(x, groups, weight, bias, 1e-5), expected) <= 1e-6
+
+
+class _OffsetGroupNorm(nn.Module):
+    """A 1×1 conv whose outputs sit far from zero (mean 10, spread ~1), then GroupNorm over 256 × 1024 values:
+    the activation that made ExecuTorch's portable ``native_group_norm`` lose 1e-3 (its one-pass variance)."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(groups)
+        self.conv = nn.Conv2d(3, 256, 1)
+        self.norm = nn.GroupNorm(groups, 256)
+        with torch.no_grad():
+            self.conv.bias.add_(10.0)
+            self.norm.weight.uniform_(0.5, 1.5, generator=generator)
+            self.norm.bias.uniform_(-1.0, 1.0, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+@needs_executorch
+@pytest.mark.parametrize("groups", [1, 4])
+def test_group_norm_is_delegated_and_keeps_its_accuracy_on_large_means(groups, tmp_path, rel_l2):
+    model = _OffsetGroupNorm(groups).eval()
+    example = torch.randn(1, 3, 4, 256, generator=torch.Generator().manual_seed(0))
+    facts = TARGET.export(model, example, tmp_path, "norm", TargetOptions())  # refused if any op stays portable
+    assert facts["group norms"] == "1 as two-pass mean and variance (delegated)"
+    with torch.no_grad():
+        exact = model.double()(example.double()).float()
+    assert rel_l2(TARGET.load(tmp_path / "norm.pte")(example.numpy()), exact) <= PARITY
+
+
+@needs_executorch
+@pytest.mark.slow
+def test_mobilevitv2_keeps_parity_at_its_published_size(tmp_path):
+    """At 256 px MobileViT v2-100's GroupNorms reduce 65,536 values each; the portable kernel gave rel-L2 1.8e-5."""
+    from deployforge import api
+
+    report = api.export("mobilevitv2_100", to="executorch", out=tmp_path, allow_partial=True)
+    row = report.stages[-1]
+    assert row.stage == "executorch"
+    assert row.details.input_shape == (1, 3, 256, 256)
+    assert row.parity.rel_l2 <= PARITY
+    assert "group_norm" not in row.details.facts["outside"]

@@ -7,8 +7,13 @@ the program as ExecuTorch's portable CPU kernels; such a partly delegated progra
 
 Before lowering, a global average pool written as ``mean`` over H and W without ``keepdim`` (every classifier
 head here) is rewritten as the ``keepdim`` mean XNNPACK delegates and a reshape: the same arithmetic, so it is
-not a named rewrite. ``split-dw7x7`` (:mod:`deployforge.targets.rewrites`, asked for in ``rewrites``) keeps XNNPACK's
-7×7 depthwise convolutions off its generic IGEMM path, two thirds of FastViT-T8's time (``profile`` shows it);
+not a named rewrite. GroupNorm is decomposed into two passes (the mean, then the mean of the centred squares),
+each a hierarchy of global average pools XNNPACK delegates. ExecuTorch's portable ``native_group_norm`` kernel,
+which would otherwise run it, loses up to 1e-2 relative on an activation with a large mean (a one-pass variance
+in float32; docs/runtimes.md): enough to fail MobileViT v2-100's parity at 256 px.
+
+``split-dw7x7`` (:mod:`deployforge.targets.rewrites`, asked for in ``rewrites``) keeps XNNPACK's 7×7 depthwise
+convolutions off its generic IGEMM path, two thirds of FastViT-T8's time (``profile`` shows it);
 split, FastViT-T8 runs twice as fast.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import tempfile
 import warnings
@@ -86,6 +92,54 @@ def _keepdim_means(program: Any) -> int:
     if count:
         program.graph_module.recompile()
     return count
+
+
+def _two_pass_group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    cudnn_enabled: bool = True,
+) -> torch.Tensor:
+    """``aten.group_norm`` as XNNPACK-delegable ops: centred two-pass statistics, reduced hierarchically.
+
+    Each group is viewed as ``(channels, H, W)``; a mean over a group is the global average pool over ``H, W``
+    followed by one over the channels (equal-sized parts, so the mean of means is the mean, and the float32
+    sums stay short). The variance is the mean of the centred squares, never ``E[x²] - E[x]²``.
+    """
+    import torch
+
+    del cudnn_enabled  # a CUDA flag of the aten signature
+    batch, channels, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
+    height, width = spatial if len(spatial) == 2 else (math.prod(spatial), 1)
+    per_group = channels // num_groups
+    rows = batch * num_groups
+
+    def group_mean(t: torch.Tensor) -> torch.Tensor:
+        per_channel = t.mean(dim=(-1, -2), keepdim=True).reshape(rows, 1, per_group, 1)
+        return per_channel.mean(dim=(-1, -2), keepdim=True)
+
+    grouped = x.reshape(rows, per_group, height, width)
+    centred = grouped - group_mean(grouped)
+    normalized = (centred * torch.rsqrt(group_mean(centred * centred) + eps)).reshape(x.shape)
+    affine_shape = (channels,) + (1,) * len(spatial)
+    if weight is not None:
+        normalized = normalized * weight.reshape(affine_shape)
+    if bias is not None:
+        normalized = normalized + bias.reshape(affine_shape)
+    return normalized
+
+
+def _decompose_group_norms(program: Any) -> tuple[Any, int]:
+    """``program`` with every ``aten.group_norm`` replaced by :func:`_two_pass_group_norm`, and how many there were."""
+    import torch
+
+    group_norm = torch.ops.aten.group_norm.default
+    count = sum(1 for node in program.graph.nodes if node.op == "call_function" and node.target is group_norm)
+    if count:
+        program = program.run_decompositions({group_norm: _two_pass_group_norm})
+    return program, count
 
 
 def _op_name(target: Any) -> str:
@@ -260,6 +314,9 @@ class ExecuTorchTarget:
             program = torch.export.export(model, (example,))
         finally:
             model.train(was_training)
+        program, group_norms = _decompose_group_norms(program)
+        if group_norms:
+            facts["group norms"] = f"{group_norms} as two-pass mean and variance (delegated)"
         _keepdim_means(program)
         with _quiet():
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
