@@ -82,7 +82,10 @@ class Parity:
     def failure(self) -> str | None:
         """Why the comparison fails, in a few words, or ``None`` when it passes."""
         if not np.isfinite(self.rel_l2):
-            return "outputs are not finite (NaN or inf: in FP16, activations beyond float16's range of 65504)"
+            return (
+                "outputs are not finite (NaN or inf; an FP16 artifact overflows past float16's 65504, "
+                "and --precision fp32 avoids it)"
+            )
         if not self.rel_l2 <= self.tolerance:
             return f"rel-L2 {self.rel_l2:.3g} > {self.tolerance:g}"
         if self.min_top1 is not None and self.top1 < self.min_top1:
