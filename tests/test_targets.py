@@ -204,3 +204,51 @@ def test_a_tampered_ort_file_fails_verify(ort_export, tmp_path):
     result = invoke("verify", copy)
     assert result.exit_code == 1, result.output
     assert re.search(r"│ ort .*✗", result.output), result.output
+
+
+def _scale_middle_floats(path: Path) -> None:
+    """Scale 4096 float32 values a third of the way into an ncnn ``.bin`` (its zero type tags stay zero)."""
+    floats = np.fromfile(path, dtype=np.float32)
+    floats[len(floats) // 3 : len(floats) // 3 + 4096] *= 1.5
+    floats.tofile(path)
+
+
+def _tamper_runtime_artifact(target: str, path: Path) -> None:
+    """Change the weights inside ``path`` (a target's artifact) while keeping the file loadable."""
+    from test_target_executorch import _tamper  # tests/ is on sys.path, as test_locate imports test_cli
+    from test_target_litert import _flip_first_weight
+
+    if target == "executorch":
+        _tamper(path, path)
+    elif target == "litert":
+        _flip_first_weight(path)
+    else:
+        _scale_middle_floats(path)
+
+
+@pytest.fixture(scope="module")
+def runtimes_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runtimes")
+    report = deployforge.export(MODEL, to="executorch,litert,ncnn", input_size=SIZE, out=out)
+    assert report.ok, report.breaches
+    return report.directory
+
+
+@pytest.mark.parametrize("target", ["executorch", "litert", "ncnn"])
+def test_verify_reruns_each_runtime_artifact_and_catches_tampering(target, runtimes_export, tmp_path):
+    (intact,) = deployforge.verify(runtimes_export).reports
+    assert intact.ok, intact.breaches
+    assert target in [r.stage for r in intact.stages]
+
+    copy = tmp_path / MODEL
+    shutil.copytree(runtimes_export, copy)
+    artifact, *_ = files = get_target(target).files(MODEL)
+    weights = copy / files[-1]  # .pte, .tflite, or ncnn's .bin (the .param is the artifact breaches name)
+    _tamper_runtime_artifact(target, weights)
+    (by_hash,) = deployforge.verify(copy).reports
+    assert not by_hash.ok and any(weights.name in b for b in by_hash.breaches), by_hash.breaches
+
+    _rehash(copy, weights.name)  # the runtime's numbers, not the hash, must catch it now
+    (by_numbers,) = deployforge.verify(copy).reports
+    assert not by_numbers.ok
+    assert any(b.startswith(f"{target}:") and artifact in b for b in by_numbers.breaches), by_numbers.breaches
