@@ -194,6 +194,7 @@ def main() -> None:
     rows = list(csv.DictReader(table.open())) if table.exists() else []
     findings: dict[str, list[str]] = json.loads(profiles.read_text()) if profiles.exists() else {}
     done = {r["model"] for r in rows}
+    registry_order = [spec.name for spec in list_models()]
     for name in models:
         if name in done and name in findings:
             continue
@@ -205,6 +206,7 @@ def main() -> None:
                 print(f"{name}: export, time and profile", flush=True)
                 new_rows, findings[name] = run_model(name, counts, protocol, Path(scratch))
                 rows += new_rows
+        rows.sort(key=lambda row: registry_order.index(row["model"]))  # stable: a model's rows keep their order
         with table.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, FIELDS)
             writer.writeheader()
